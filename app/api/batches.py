@@ -1,0 +1,65 @@
+"""Batches: create, list, read, items, logs, and the queue controls on one batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request, url_for
+
+from app.api import bp
+from app.api.bodies import json_body, load_args, load_body, page_body
+from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
+from app.schemas.common import PageArgs
+from app.services import batches
+from app.services.queue_manager import queue_manager
+
+batch_out = BatchOut()
+
+
+@bp.post("/batches")
+def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
+    raw = json_body()
+    data = BatchCreate().load(raw)
+    key = request.headers.get("Idempotency-Key") or None
+    batch, created = batches.create_batch(data, g.actor, idempotency_key=key, raw_body=raw)
+    location = url_for("api.get_batch", batch_id=batch.id)
+    return batch_out.dump(batch), 201 if created else 200, {"Location": location}
+
+
+@bp.get("/batches")
+def list_batches() -> dict[str, Any]:
+    args = load_args(BatchListArgs())
+    return page_body(batches.list_batches(args["page"], args["per_page"], args.get("status")), batch_out)
+
+
+@bp.get("/batches/<int:batch_id>")
+def get_batch(batch_id: int) -> dict[str, Any]:
+    return batch_out.dump(batches.get_batch(batch_id))
+
+
+@bp.get("/batches/<int:batch_id>/items")
+def list_items(batch_id: int) -> dict[str, Any]:
+    args = load_args(PageArgs())
+    return page_body(batches.list_items(batch_id, args["page"], args["per_page"]), ItemOut())
+
+
+@bp.get("/batches/<int:batch_id>/logs")
+def list_logs(batch_id: int) -> dict[str, Any]:
+    args = load_args(LogArgs())
+    return page_body(batches.list_logs(batch_id, args["page"], args["per_page"], args.get("after")), LogOut())
+
+
+@bp.post("/batches/<int:batch_id>/stop")
+def stop_batch(batch_id: int) -> dict[str, Any]:
+    return batch_out.dump(queue_manager.stop(batch_id, g.actor))
+
+
+@bp.post("/batches/<int:batch_id>/cancel")
+def cancel_batch(batch_id: int) -> dict[str, Any]:
+    return batch_out.dump(queue_manager.cancel(batch_id, g.actor))
+
+
+@bp.post("/batches/<int:batch_id>/move")
+def move_batch(batch_id: int) -> dict[str, Any]:
+    data = load_body(MoveBody())
+    return batch_out.dump(queue_manager.move(batch_id, data["position"], g.actor))

@@ -1,0 +1,116 @@
+"""GET /openapi.json: the API described from the same marshmallow schemas that validate it."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from app.api import bp
+from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
+from app.schemas.common import ErrorSchema, PageArgs, list_schema
+from app.schemas.profiles import ProfileCreate, ProfileOut
+from app.schemas.queue import HealthOut, QueueOut
+
+ERRORS = {
+    "401": "no or bad token",
+    "404": "unknown id",
+    "409": "a state that forbids the action",
+    "413": "body over 1 MiB",
+    "422": "invalid input",
+}
+
+
+def _json(schema: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: tuple[str, Any], body: Any = None, query: Any = None, errors: tuple[str, ...] = ()) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {ok[0]: {"description": "success", **_json(ok[1])}}
+        | {code: {"description": ERRORS[code], **_json("Error")} for code in ("401", *errors)},
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": True, **_json(body)}
+    if query is not None:
+        operation["parameters"] = [{"in": "query", "schema": query}]
+    return operation
+
+
+def _id(name: str) -> list[dict[str, Any]]:
+    return [{"in": "path", "name": name, "required": True, "schema": {"type": "integer"}}]
+
+
+@cache
+def build_spec() -> dict[str, Any]:
+    """Describe every endpoint of the contract."""
+    spec = APISpec(
+        title="batchq",
+        version="1.0.0",
+        openapi_version="3.0.3",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Batches of profiles, run one at a time by Celery workers."},
+        components={"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        security=[{"bearer": []}],
+    )
+    for name, schema in {
+        "Error": ErrorSchema,
+        "Profile": ProfileOut,
+        "ProfileCreate": ProfileCreate,
+        "ProfileList": list_schema(ProfileOut, "ProfileList"),
+        "Batch": BatchOut,
+        "BatchCreate": BatchCreate,
+        "BatchList": list_schema(BatchOut, "BatchList"),
+        "ItemList": list_schema(ItemOut, "ItemList"),
+        "LogList": list_schema(LogOut, "LogList"),
+        "Move": MoveBody,
+        "Queue": QueueOut,
+        "Health": HealthOut,
+    }.items():
+        spec.components.schema(name, schema=schema)
+    idem = {"in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string"}}
+    create = _op("Create a batch", ("201", "Batch"), body="BatchCreate", errors=("409", "413", "422"))
+    create["parameters"] = [idem]
+    create["responses"]["200"] = {"description": "repeat of an Idempotency-Key", **_json("Batch")}
+    paths: dict[str, dict[str, Any]] = {
+        "/profiles": {
+            "post": _op("Create a profile", ("201", "Profile"), body="ProfileCreate", errors=("409", "413", "422")),
+            "get": _op("List profiles", ("200", "ProfileList"), query=PageArgs),
+        },
+        "/profiles/{profile_id}": {"get": _op("Get a profile", ("200", "Profile"), errors=("404",))},
+        "/batches": {"post": create, "get": _op("List batches", ("200", "BatchList"), query=BatchListArgs)},
+        "/batches/{batch_id}": {"get": _op("Get a batch", ("200", "Batch"), errors=("404",))},
+        "/batches/{batch_id}/items": {
+            "get": _op("List a batch's items", ("200", "ItemList"), query=PageArgs, errors=("404",))
+        },
+        "/batches/{batch_id}/logs": {
+            "get": _op("List a batch's log, oldest first", ("200", "LogList"), query=LogArgs, errors=("404",))
+        },
+        "/batches/{batch_id}/stop": {"post": _op("Stop the running batch", ("200", "Batch"), errors=("404", "409"))},
+        "/batches/{batch_id}/cancel": {
+            "post": _op("Remove a queued batch", ("200", "Batch"), errors=("404", "409"))
+        },
+        "/batches/{batch_id}/move": {
+            "post": _op("Move a queued batch", ("200", "Batch"), body="Move", errors=("404", "409", "422"))
+        },
+        "/queue": {"get": _op("The queue's state", ("200", "Queue"))},
+        "/queue/start": {"post": _op("Un-pause and start the head", ("200", "Queue"), errors=("409",))},
+        "/health": {"get": {"summary": "Health", "security": [], "responses": {
+            "200": {"description": "healthy", **_json("Health")},
+            "503": {"description": "degraded", **_json("Health")},
+        }}},
+    }
+    for path, operations in paths.items():
+        parameters = _id(path.split("{")[1].split("}")[0]) if "{" in path else None
+        spec.path(path=path, operations=operations, parameters=parameters)
+    spec.path(path="/openapi.json", operations={"get": {"summary": "This description", "security": [],
+                                                         "responses": {"200": {"description": "OpenAPI 3"}}}})
+    return spec.to_dict()
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> dict[str, Any]:
+    return build_spec()

@@ -1,0 +1,98 @@
+"""Settings read once from the environment; nothing else in the project reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept postgres://, postgresql:// and SQLAlchemy's form; always drive psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _split_list(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def var_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
+    """Where embedded servers and generated secrets live."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("BATCHQ_VAR_DIR") or PROJECT_ROOT / "var")
+
+
+def _embedded_urls(vdir: Path) -> tuple[str | None, str | None]:
+    """Ask the embedded servers started by `make run` where they listen, if they run."""
+    try:
+        from app.embedded.servers import read_discovery
+    except ImportError:  # pragma: no cover - the embedded module is part of the project
+        return None, None
+    found = read_discovery(vdir)
+    if found is None:
+        return None, None
+    return found.database_url, found.redis_url
+
+
+def _kept_secret(vdir: Path, name: str) -> str:
+    """Generate a secret once and keep it under var/, so restarts keep sessions valid."""
+    path = vdir / name
+    if path.exists():
+        return path.read_text().strip()
+    vdir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing; raised at start so misconfiguration fails fast."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the service reads, typed, with the contract's defaults."""
+
+    database_url: str
+    redis_url: str
+    broker_url: str
+    secret_key: str
+    processor_modules: tuple[str, ...] = ()
+    http_allowed_hosts: tuple[str, ...] = ()
+    heartbeat_timeout: float = 30.0
+    events_channel: str = "batchq:events"
+    testing: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Build settings from the environment, falling back to the embedded servers."""
+        env = dict(os.environ if environ is None else environ)
+        vdir = var_dir(env)
+        database_url = env.get("DATABASE_URL")
+        redis_url = env.get("REDIS_URL")
+        if not database_url or not redis_url:
+            found_db, found_redis = _embedded_urls(vdir)
+            database_url = database_url or found_db
+            redis_url = redis_url or found_redis
+        if not database_url:
+            raise ConfigError("DATABASE_URL is not set and no embedded server runs (start one with `make run`)")
+        if not redis_url:
+            raise ConfigError("REDIS_URL is not set and no embedded server runs (start one with `make run`)")
+        return cls(
+            database_url=normalize_database_url(database_url),
+            redis_url=redis_url,
+            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
+            secret_key=env.get("SECRET_KEY") or _kept_secret(vdir, "secret_key"),
+            processor_modules=_split_list(env.get("PROCESSOR_MODULES")),
+            http_allowed_hosts=_split_list(env.get("HTTP_PROCESSOR_ALLOWED_HOSTS")),
+            heartbeat_timeout=float(env.get("BATCH_HEARTBEAT_TIMEOUT") or 30),
+            events_channel=env.get("BATCHQ_EVENTS_CHANNEL") or "batchq:events",
+        )

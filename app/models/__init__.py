@@ -1,0 +1,28 @@
+"""The service's tables; import from here."""
+
+from app.models.accounts import ApiToken, User
+from app.models.batches import (
+    RUNNING_STATUSES,
+    TERMINAL_STATUSES,
+    Batch,
+    BatchItem,
+    BatchLog,
+    BatchStatus,
+    ItemStatus,
+)
+from app.models.profiles import Profile
+from app.models.queue_state import QueueState
+
+__all__ = [
+    "RUNNING_STATUSES",
+    "TERMINAL_STATUSES",
+    "ApiToken",
+    "Batch",
+    "BatchItem",
+    "BatchLog",
+    "BatchStatus",
+    "ItemStatus",
+    "Profile",
+    "QueueState",
+    "User",
+]

@@ -1,0 +1,7 @@
+"""Processors: what a batch does with each profile. Built-ins register on import."""
+
+from app.processors import builtin  # noqa: F401  (registers noop, sleep, http)
+from app.processors.base import ItemFailed, ProfileData, RunContext, StopRequested
+from app.processors.registry import get, load_modules, names, register
+
+__all__ = ["ItemFailed", "ProfileData", "RunContext", "StopRequested", "get", "load_modules", "names", "register"]

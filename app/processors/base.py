@@ -1,0 +1,51 @@
+"""What a processor is: a named handler for one profile of a batch, with a parameter schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from marshmallow import Schema
+
+
+class ItemFailed(Exception):
+    """Raised by a processor to fail the current item with a message."""
+
+
+class StopRequested(Exception):
+    """Raised by a processor that noticed the batch is stopping; the item goes back to pending."""
+
+
+@dataclass(frozen=True)
+class ProfileData:
+    """The profile as a processor sees it (a plain value, no database session)."""
+
+    id: int
+    name: str
+    attributes: dict[str, Any]
+
+
+class RunContext(Protocol):
+    """What the runner offers a processor while it works on an item."""
+
+    batch_id: int
+
+    def stop_requested(self) -> bool:
+        """Tell whether the batch is stopping; long work should check it at least every second."""
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; return True at once if a stop arrives."""
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Add a line to the batch's log."""
+
+
+class Processor(Protocol):
+    """A processor: `name`, a marshmallow `schema` for parameters, and `process`."""
+
+    name: str
+    description: str
+    schema: type[Schema]
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        """Handle one profile; return a JSON-able result or raise ItemFailed / StopRequested."""

@@ -1,0 +1,102 @@
+"""The built-in processors of the contract: noop, sleep and http."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from app.processors.base import ItemFailed, ProfileData, RunContext, StopRequested
+from app.processors.registry import register
+
+
+class NoParameters(Schema):
+    """noop takes no parameters (unknown keys are refused)."""
+
+
+class SleepParameters(Schema):
+    seconds = fields.Float(required=True, validate=validate.Range(min=0, max=3600))
+    fail_profiles = fields.List(fields.String(), load_default=list)
+
+
+def allowed_hosts() -> tuple[str, ...]:
+    """Hosts the http processor may call (HTTP_PROCESSOR_ALLOWED_HOSTS)."""
+    return tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ()))
+
+
+class HttpParameters(Schema):
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=600))
+
+    @validates("url")
+    def host_is_allowed(self, value: str, **_: Any) -> None:
+        host = urlsplit(value).hostname or ""
+        if host not in allowed_hosts():
+            raise ValidationError(f"host {host!r} is not in HTTP_PROCESSOR_ALLOWED_HOSTS")
+
+
+class Noop:
+    name = "noop"
+    description = "Succeeds at once."
+    schema = NoParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        return {"profile": profile.name}
+
+
+class Sleep:
+    name = "sleep"
+    description = "Waits, then fails for the named profiles and succeeds for the rest."
+    schema = SleepParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if ctx.wait(float(parameters["seconds"])):
+            raise StopRequested()
+        if profile.name in parameters.get("fail_profiles", []):
+            raise ItemFailed(f"profile {profile.name} is listed in fail_profiles")
+        return {"slept": parameters["seconds"]}
+
+
+class Http:
+    name = "http"
+    description = "POSTs the profile and parameters as JSON to url; any non-2xx fails the item."
+    schema = HttpParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        url = parameters["url"]
+        if (urlsplit(url).hostname or "") not in allowed_hosts():
+            raise ItemFailed("host is no longer in HTTP_PROCESSOR_ALLOWED_HOSTS")
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                outcome["response"] = requests.post(
+                    url,
+                    json={"profile": profile.__dict__, "parameters": parameters, "batch_id": ctx.batch_id},
+                    timeout=float(parameters["timeout"]),
+                )
+            except requests.RequestException as exc:
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        # The request runs beside us so a stop is noticed within a second even mid-request.
+        threading.Thread(target=call, daemon=True, name=f"http-item-{profile.id}").start()
+        while not done.wait(0.2):
+            if ctx.stop_requested():
+                raise StopRequested()
+        if "error" in outcome:
+            raise ItemFailed(f"request failed: {outcome['error']}")
+        response = outcome["response"]
+        if not 200 <= response.status_code < 300:
+            raise ItemFailed(f"HTTP {response.status_code} from {url}")
+        return {"status": response.status_code, "body": response.text[:2000]}
+
+
+for _processor in (Noop(), Sleep(), Http()):
+    register(_processor)

@@ -1,0 +1,106 @@
+"""Batch bodies and responses, and the processor-specific parameter check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from app import processors
+from app.models import BatchStatus, ItemStatus
+
+MAX_PROFILES = 10_000
+
+
+class BatchCreate(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    profile_ids = fields.List(
+        fields.Integer(strict=True, validate=validate.Range(min=1)),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_PROFILES),
+    )
+    processor = fields.String(required=True)
+    parameters = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @validates("profile_ids")
+    def distinct_profiles(self, value: list[int], **_: Any) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("profile ids must be distinct")
+
+    @validates_schema(skip_on_field_errors=False)
+    def parameters_fit_processor(self, data: dict[str, Any], **_: Any) -> None:
+        name = data.get("processor")
+        if name is None:
+            return
+        processor = processors.get(name)
+        if processor is None:
+            raise ValidationError(
+                f"unknown processor {name!r}; known: {', '.join(processors.names())}", field_name="processor"
+            )
+        try:
+            data["parameters"] = processor.schema().load(data.get("parameters") or {})
+        except ValidationError as exc:
+            raise ValidationError({"parameters": exc.messages}) from exc
+
+
+class Progress(Schema):
+    total = fields.Integer()
+    succeeded = fields.Integer()
+    failed = fields.Integer()
+    pending = fields.Integer()
+
+
+class BatchOut(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    status = fields.String(validate=validate.OneOf([s.value for s in BatchStatus]))
+    queue_position = fields.Integer(allow_none=True)
+    processor = fields.String()
+    parameters = fields.Dict()
+    profile_ids = fields.List(fields.Integer())
+    progress = fields.Method("get_progress", dump_only=True, metadata={"type": "object"})
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    error = fields.String(allow_none=True)
+
+    def get_progress(self, batch: Any) -> dict[str, int]:
+        return {
+            "total": batch.total_items,
+            "succeeded": batch.succeeded_items,
+            "failed": batch.failed_items,
+            "pending": batch.pending_items,
+        }
+
+
+class BatchListArgs(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    status = fields.String(validate=validate.OneOf([s.value for s in BatchStatus]))
+
+
+class ItemOut(Schema):
+    profile_id = fields.Integer()
+    status = fields.String(validate=validate.OneOf([s.value for s in ItemStatus]))
+    attempts = fields.Integer()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class LogArgs(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    after = fields.Integer(validate=validate.Range(min=0))
+
+
+class LogOut(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    level = fields.String()
+    message = fields.String()
+
+
+class MoveBody(Schema):
+    position = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))

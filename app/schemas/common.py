@@ -1,0 +1,33 @@
+"""Schemas shared by several resources."""
+
+from marshmallow import Schema, fields, validate
+
+
+class PageArgs(Schema):
+    """?page= and ?per_page= of every list."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class ErrorBody(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields = fields.Dict()
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBody)
+
+
+def list_schema(item: type[Schema], name: str) -> type[Schema]:
+    """Build the {"items", "total", "page", "per_page"} envelope for one item schema."""
+    return Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item)),
+            "total": fields.Integer(),
+            "page": fields.Integer(),
+            "per_page": fields.Integer(),
+        },
+        name=name,
+    )

@@ -1,0 +1,1 @@
+"""Use cases: each owns its transaction; views, API handlers and tasks call these."""

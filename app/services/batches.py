@@ -1,0 +1,83 @@
+"""Batches: creation (validated, then handed to the queue manager) and reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import case, select
+
+from app.errors import InvalidInput, NotFound
+from app.extensions import db
+from app.models import Batch, BatchItem, BatchLog
+from app.services.pages import Page, paginate
+from app.services.profiles import missing_profile_ids
+from app.services.queue_manager import NewBatch, queue_manager
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """A stable digest of a creation body, to tell a retry from a different request."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_batch(
+    data: dict[str, Any], actor: str, idempotency_key: str | None = None, raw_body: dict[str, Any] | None = None
+) -> tuple[Batch, bool]:
+    """Queue a validated batch; return it and whether it is new (False for an idempotent repeat)."""
+    missing = missing_profile_ids(data["profile_ids"])
+    if missing:
+        shown = ", ".join(str(pid) for pid in missing[:20])
+        raise InvalidInput("unknown profiles", {"profile_ids": [f"unknown profile ids: {shown}"]})
+    new = NewBatch(
+        name=data["name"],
+        processor=data["processor"],
+        parameters=data["parameters"],
+        profile_ids=data["profile_ids"],
+        created_by=actor,
+        idempotency_key=idempotency_key,
+        request_digest=request_digest(raw_body if raw_body is not None else data) if idempotency_key else None,
+    )
+    return queue_manager.enqueue(new)
+
+
+def get_batch(batch_id: int) -> Batch:
+    """Return a batch or raise NotFound."""
+    batch = db.session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"batch {batch_id} does not exist")
+    return batch
+
+
+def table_order() -> tuple[Any, ...]:
+    """The running batch first, then the queue by position, then the rest newest first."""
+    return (
+        case((Batch.queue_position.is_(None), 1), else_=0),
+        Batch.queue_position,
+        Batch.created_at.desc(),
+        Batch.id.desc(),
+    )
+
+
+def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Batch]:
+    """List batches in table order, optionally of one status."""
+    query = select(Batch).order_by(*table_order())
+    if status:
+        query = query.where(Batch.status == status)
+    return paginate(query, page, per_page)
+
+
+def list_items(batch_id: int, page: int, per_page: int) -> Page[BatchItem]:
+    """List a batch's items in processing order."""
+    get_batch(batch_id)
+    query = select(BatchItem).where(BatchItem.batch_id == batch_id).order_by(BatchItem.position)
+    return paginate(query, page, per_page)
+
+
+def list_logs(batch_id: int, page: int, per_page: int, after: int | None = None) -> Page[BatchLog]:
+    """List a batch's log lines oldest first, optionally only those after a line id."""
+    get_batch(batch_id)
+    query = select(BatchLog).where(BatchLog.batch_id == batch_id).order_by(BatchLog.id)
+    if after is not None:
+        query = query.where(BatchLog.id > after)
+    return paginate(query, page, per_page)

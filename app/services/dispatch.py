@@ -1,0 +1,32 @@
+"""Send Celery tasks by name, so app/ never imports tasks/."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import current_app
+
+RUN_BATCH_TASK = "batches.run"
+PROMOTE_TASK = "queue.promote_next"
+RECONCILE_TASK = "queue.reconcile"
+RUN_QUEUE = "batches"
+CONTROL_QUEUE = "control"
+
+
+def celery() -> Celery:
+    """Return the Celery app bound to the current Flask app."""
+    return current_app.extensions["celery"]
+
+
+def send_run(batch_id: int, token: str) -> None:
+    """Dispatch a batch's run; the token is both the task id and the batch's fencing token."""
+    celery().send_task(RUN_BATCH_TASK, args=[batch_id, token], task_id=token, queue=RUN_QUEUE)
+
+
+def send_promotion() -> None:
+    """Ask a worker to promote the head of the queue if the slot is free."""
+    celery().send_task(PROMOTE_TASK, queue=CONTROL_QUEUE)
+
+
+def revoke_run(token: str) -> None:
+    """Hard-stop fallback: terminate the process running this dispatch."""
+    celery().control.revoke(token, terminate=True, signal="SIGKILL")

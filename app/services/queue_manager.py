@@ -1,0 +1,413 @@
+"""The queue's rules, in one place: the only code that changes a batch's status or position.
+
+Every queue change is one transaction that starts by locking the single
+queue_state row (SELECT ... FOR UPDATE), so enqueue, promote, finish, stop,
+cancel, move, start and recovery are serialized against each other. The
+database backs the rules up: a partial unique index refuses a second running
+batch and a deferred unique constraint refuses a duplicated position.
+
+Side effects (dispatching a run, publishing a live hint) happen only after the
+transaction commits, so a worker never looks for a row it can't see yet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import (
+    RUNNING_STATUSES,
+    Batch,
+    BatchItem,
+    BatchLog,
+    BatchStatus,
+    ItemStatus,
+    QueueState,
+)
+from app.models._types import utcnow
+from app.models.queue_state import QUEUE_STATE_ID
+from app.services import dispatch, events, leases
+
+# A lost run is dispatched again this many times before the batch is failed.
+MAX_RUN_ATTEMPTS = 3
+
+
+@dataclass
+class NewBatch:
+    """A validated creation request."""
+
+    name: str
+    processor: str
+    parameters: dict[str, Any]
+    profile_ids: list[int]
+    created_by: str | None = None
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+
+
+@dataclass
+class QueueSnapshot:
+    """What GET /queue reports."""
+
+    paused: bool
+    paused_by: str | None
+    paused_at: datetime | None
+    running: Batch | None
+    queued_count: int
+
+    @property
+    def start_enabled(self) -> bool:
+        return self.running is None and (self.paused or self.queued_count == 0)
+
+
+@dataclass
+class _Change:
+    """The state of one queue transaction: the locked row and what to do after commit."""
+
+    state: QueueState
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def publish(self, kind: str, batch_id: int | None) -> None:
+        self.after_commit.append(lambda: events.publish(kind, batch_id))
+
+
+class QueueManager:
+    """Owner of every batch status and queue position change."""
+
+    # --- reads ---------------------------------------------------------------
+
+    @staticmethod
+    def get_running_batch() -> Batch | None:
+        """Return the batch holding the running slot, if any."""
+        return db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)))
+
+    @staticmethod
+    def get_next_position() -> int:
+        """Return the position a batch joining the end of the queue gets."""
+        last = db.session.scalar(
+            select(func.max(Batch.queue_position)).where(Batch.status == BatchStatus.QUEUED)
+        )
+        return (last or 0) + 1
+
+    @classmethod
+    def snapshot(cls) -> QueueSnapshot:
+        """Read the queue's state as GET /queue shows it."""
+        state = db.session.get(QueueState, QUEUE_STATE_ID) or QueueState(paused=False)
+        queued = db.session.scalar(
+            select(func.count()).select_from(Batch).where(Batch.status == BatchStatus.QUEUED)
+        )
+        return QueueSnapshot(
+            paused=bool(state.paused),
+            paused_by=state.paused_by,
+            paused_at=state.paused_at,
+            running=cls.get_running_batch(),
+            queued_count=queued or 0,
+        )
+
+    # --- changes -------------------------------------------------------------
+
+    @contextmanager
+    def _change(self) -> Iterator[_Change]:
+        """Run one serialized queue transaction, then its after-commit actions."""
+        state = db.session.scalar(
+            select(QueueState).where(QueueState.id == QUEUE_STATE_ID).with_for_update()
+        )
+        if state is None:  # first use of a fresh database
+            db.session.execute(
+                text("INSERT INTO queue_state (id, paused, version) VALUES (:id, false, 0) ON CONFLICT DO NOTHING"),
+                {"id": QUEUE_STATE_ID},
+            )
+            state = db.session.scalar(
+                select(QueueState).where(QueueState.id == QUEUE_STATE_ID).with_for_update()
+            )
+        change = _Change(state=state)
+        try:
+            yield change
+            state.version = state.version + 1
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        for action in change.after_commit:
+            action()
+
+    def enqueue(self, new: NewBatch) -> tuple[Batch, bool]:
+        """Add a batch at the end of the queue and start it if the slot is free.
+
+        Returns the batch and whether it was created; a repeated Idempotency-Key
+        with the same body returns the earlier batch instead.
+        """
+        with self._change() as change:
+            if new.idempotency_key:
+                earlier = db.session.scalar(select(Batch).where(Batch.idempotency_key == new.idempotency_key))
+                if earlier is not None:
+                    if earlier.request_digest != new.request_digest:
+                        raise Conflict("this Idempotency-Key was used with another request body")
+                    return earlier, False
+            batch = Batch(
+                name=new.name,
+                status=BatchStatus.QUEUED.value,
+                queue_position=self.get_next_position(),
+                processor=new.processor,
+                parameters=new.parameters,
+                profile_ids=new.profile_ids,
+                total_items=len(new.profile_ids),
+                created_by=new.created_by,
+                idempotency_key=new.idempotency_key,
+                request_digest=new.request_digest,
+            )
+            db.session.add(batch)
+            db.session.flush()
+            db.session.execute(
+                insert(BatchItem),
+                [
+                    {"batch_id": batch.id, "position": index, "profile_id": profile_id}
+                    for index, profile_id in enumerate(new.profile_ids)
+                ],
+            )
+            self._log(batch.id, f"created by {new.created_by or 'unknown'} with {len(new.profile_ids)} profiles")
+            change.publish("created", batch.id)
+            self._promote_head(change)
+        return batch, True
+
+    def promote_next_batch(self) -> Batch | None:
+        """Start the head of the queue if nothing runs and the queue isn't paused.
+
+        Idempotent: called twice, or from many workers at once, it starts at most
+        one batch, because the queue lock serializes the callers and the second
+        finds the slot taken.
+        """
+        with self._change() as change:
+            promoted = self._promote_head(change)
+        return promoted
+
+    def finish_run(self, batch_id: int, token: str, error: str | None = None) -> Batch | None:
+        """Record the end of a run: done, failed or (after a stop) stopped.
+
+        Fenced by the dispatch token: a run that was presumed lost and replaced
+        changes nothing. Promotion is not done here; the run task's success or
+        failure signal chains it.
+        """
+        with self._change() as change:
+            batch = self._locked_batch(batch_id)
+            if batch.dispatch_token != token or batch.status not in RUNNING_STATUSES:
+                return None
+            self._end_run(change, batch, error)
+        return batch
+
+    def stop(self, batch_id: int, actor: str) -> Batch:
+        """Ask the running batch to stop and pause the queue until Start."""
+        with self._change() as change:
+            batch = self._locked_batch(batch_id)
+            if batch.status != BatchStatus.IN_PROGRESS:
+                raise Conflict(f"batch {batch_id} is {batch.status}; only a batch in progress can be stopped")
+            batch.status = BatchStatus.STOPPING.value
+            batch.stop_requested_at = utcnow()
+            batch.stop_requested_by = actor
+            self._pause(change, actor)
+            self._log(batch.id, f"stop requested by {actor}")
+            if not leases.is_held(batch.id):
+                # No run holds the batch (not picked up yet, or its worker died):
+                # nothing can be interrupted, so it is stopped at once.
+                self._end_run(change, batch, None)
+            change.publish("stopping", batch.id)
+        return batch
+
+    def cancel(self, batch_id: int, actor: str) -> Batch:
+        """Remove a queued batch from the queue; the batches behind it move up."""
+        with self._change() as change:
+            batch = self._locked_batch(batch_id)
+            if batch.status != BatchStatus.QUEUED:
+                raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be cancelled")
+            old_position = batch.queue_position
+            batch.status = BatchStatus.CANCELLED.value
+            batch.queue_position = None
+            batch.finished_at = utcnow()
+            db.session.flush()
+            self._shift(after=old_position, by=-1)
+            self._log(batch.id, f"cancelled by {actor}")
+            change.publish("cancelled", batch.id)
+        return batch
+
+    def move(self, batch_id: int, position: int, actor: str) -> Batch:
+        """Put a queued batch at a position (1-based; past the end means last)."""
+        with self._change() as change:
+            batch = self._locked_batch(batch_id)
+            if batch.status != BatchStatus.QUEUED:
+                raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be moved")
+            last = self.get_next_position() - 1
+            target = max(1, min(position, last))
+            current = batch.queue_position
+            if target < current:
+                self._shift(after=target - 1, upto=current - 1, by=+1)
+            elif target > current:
+                self._shift(after=current, upto=target, by=-1)
+            db.session.execute(update(Batch).where(Batch.id == batch.id).values(queue_position=target))
+            db.session.refresh(batch)
+            if target != current:
+                self._log(batch.id, f"moved from #{current} to #{target} by {actor}")
+                change.publish("moved", batch.id)
+        return batch
+
+    def start(self, actor: str) -> QueueSnapshot:
+        """Un-pause the queue and promote its head; refused while a batch runs."""
+        with self._change() as change:
+            running = self.get_running_batch()
+            if running is not None:
+                raise Conflict(f"batch {running.id} is running; Start is allowed only when nothing runs")
+            change.state.paused = False
+            change.state.paused_by = None
+            change.state.paused_at = None
+            promoted = self._promote_head(change)
+            if promoted is not None:
+                self._log(promoted.id, f"queue started by {actor}")
+            change.publish("queue", None)
+        return self.snapshot()
+
+    def recover_lost_run(self, heartbeat_timeout: float, stop_grace: float) -> Batch | None:
+        """Rescue the running batch when its run is gone, then fill a free slot.
+
+        A run is lost when no process holds its lease (the lease is a session
+        advisory lock, freed within milliseconds of its holder's death) and its
+        heartbeat is older than the timeout. A lost run is dispatched again with
+        a new token (the remaining items run; the old dispatch is fenced off), or
+        failed after MAX_RUN_ATTEMPTS; a lost stopping run is simply stopped.
+        """
+        with self._change() as change:
+            batch = self.get_running_batch()
+            if batch is not None:
+                db.session.refresh(batch, with_for_update=True)
+                self._recover(change, batch, heartbeat_timeout, stop_grace)
+            return self._promote_head(change)
+
+    # --- the rules' building blocks (always called inside _change) ------------
+
+    def _recover(self, change: _Change, batch: Batch, heartbeat_timeout: float, stop_grace: float) -> None:
+        now = utcnow()
+        held = leases.is_held(batch.id)
+        if held:
+            if (
+                batch.status == BatchStatus.STOPPING
+                and batch.stop_requested_at is not None
+                and now - batch.stop_requested_at > timedelta(seconds=stop_grace)
+                and batch.dispatch_token
+            ):
+                token = batch.dispatch_token
+                self._log(batch.id, f"did not stop within {stop_grace:g}s; terminating its process", level="warning")
+                change.after_commit.append(lambda: dispatch.revoke_run(token))
+            return
+        beat = batch.heartbeat_at or batch.started_at or now
+        if now - beat < timedelta(seconds=heartbeat_timeout):
+            return
+        if batch.status == BatchStatus.STOPPING:
+            self._end_run(change, batch, None)
+        elif batch.run_attempts >= MAX_RUN_ATTEMPTS:
+            self._end_run(change, batch, f"run lost {batch.run_attempts} times (worker died or unreachable)")
+        else:
+            self._log(batch.id, "run lost (no heartbeat); dispatching it again", level="warning")
+            self._dispatch(change, batch)
+
+    def _promote_head(self, change: _Change) -> Batch | None:
+        if change.state.paused or self.get_running_batch() is not None:
+            return None
+        head = db.session.scalar(
+            select(Batch)
+            .where(Batch.status == BatchStatus.QUEUED)
+            .order_by(Batch.queue_position)
+            .limit(1)
+            .with_for_update()
+        )
+        if head is None:
+            return None
+        old_position = head.queue_position
+        head.status = BatchStatus.IN_PROGRESS.value
+        head.queue_position = 0
+        head.started_at = utcnow()
+        db.session.flush()
+        self._shift(after=old_position, by=-1)
+        self._log(head.id, "started")
+        self._dispatch(change, head)
+        change.publish("promoted", head.id)
+        return head
+
+    def _dispatch(self, change: _Change, batch: Batch) -> None:
+        """Give the batch a fresh fencing token and send its run after commit."""
+        token = uuid.uuid4().hex
+        batch.dispatch_token = token
+        batch.heartbeat_at = utcnow()
+        db.session.execute(
+            update(BatchItem)
+            .where(BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.PENDING.value)
+        )
+        batch_id = batch.id
+        change.after_commit.append(lambda: dispatch.send_run(batch_id, token))
+
+    def _end_run(self, change: _Change, batch: Batch, error: str | None) -> None:
+        if batch.status == BatchStatus.STOPPING:
+            batch.status = BatchStatus.STOPPED.value
+            batch.error = error
+            message = f"stopped ({batch.pending_items} items left pending)"
+        elif error is None and batch.failed_items == 0 and batch.pending_items == 0:
+            batch.status = BatchStatus.DONE.value
+            message = "finished: done"
+        else:
+            batch.status = BatchStatus.FAILED.value
+            batch.error = error or self._failure_summary(batch)
+            message = f"finished: failed ({batch.error})"
+        batch.queue_position = None
+        batch.finished_at = utcnow()
+        db.session.execute(
+            update(BatchItem)
+            .where(BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.PENDING.value)
+        )
+        self._log(batch.id, message, level="info" if batch.status != BatchStatus.FAILED else "error")
+        change.publish("finished", batch.id)
+
+    @staticmethod
+    def _failure_summary(batch: Batch) -> str:
+        if batch.failed_items:
+            return f"{batch.failed_items} of {batch.total_items} items failed"
+        return f"{batch.pending_items} of {batch.total_items} items did not run"
+
+    @staticmethod
+    def _pause(change: _Change, actor: str) -> None:
+        change.state.paused = True
+        change.state.paused_by = actor
+        change.state.paused_at = utcnow()
+
+    @staticmethod
+    def _locked_batch(batch_id: int) -> Batch:
+        batch = db.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+        if batch is None:
+            raise NotFound(f"batch {batch_id} does not exist")
+        return batch
+
+    @staticmethod
+    def _shift(after: int | None, by: int, upto: int | None = None) -> None:
+        """Move the queued positions in (after, upto] by one; the unique check waits for commit."""
+        if after is None:
+            return
+        condition = [Batch.status == BatchStatus.QUEUED, Batch.queue_position > after]
+        if upto is not None:
+            condition.append(Batch.queue_position <= upto)
+        db.session.execute(
+            update(Batch).where(*condition).values(queue_position=Batch.queue_position + by),
+            execution_options={"synchronize_session": False},
+        )
+
+    @staticmethod
+    def _log(batch_id: int, message: str, level: str = "info") -> None:
+        db.session.add(BatchLog(batch_id=batch_id, message=message, level=level))
+
+
+queue_manager = QueueManager()

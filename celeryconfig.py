@@ -1,0 +1,56 @@
+"""Celery settings for long, strictly serialized batches. Broker URLs come from app/config.py."""
+
+from kombu import Queue
+
+# Batch runs get a queue of their own, so promotion and reconcile tasks never
+# wait behind a running batch.
+task_queues = (Queue("batches"), Queue("control"))
+task_default_queue = "control"
+task_routes = {
+    "batches.run": {"queue": "batches"},
+    "queue.*": {"queue": "control"},
+}
+task_create_missing_queues = False
+
+# JSON only: tasks carry ids, never pickled objects.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+# Ack after the task ran, so a message whose worker vanishes is delivered again;
+# duplicates are harmless (run lease and dispatch token, promotion idempotent).
+task_acks_late = True
+# ...but a pool child killed mid-run must still fire task_failure, which chains
+# the promotion; requeueing instead would silence the signal.
+task_reject_on_worker_lost = False
+# One message at a time per process: a worker must not hoard the next batch run.
+worker_prefetch_multiplier = 1
+# A broker connection blip would otherwise restore the running message and run it
+# again beside itself; cancel the running copy, the database says where to resume.
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# Measured from delivery and never refreshed: keep it above the longest batch we
+# expect. A longer one is redelivered, finds the lease taken and returns at once.
+_VISIBILITY_TIMEOUT = 6 * 3600
+broker_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
+result_backend_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
+visibility_timeout = _VISIBILITY_TIMEOUT
+
+# Batches are long; their time limits are declared on the tasks themselves.
+result_expires = 24 * 3600
+task_ignore_result = False
+broker_connection_retry_on_startup = True
+
+# Flower sees tasks only through events.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+# The reconciler: the real guarantee that the queue moves if a signal was lost
+# or a worker died. Ordinary handoffs don't wait for it.
+beat_schedule = {
+    "reconcile-queue": {"task": "queue.reconcile", "schedule": 5.0, "options": {"expires": 5.0}},
+}
+
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,1 @@
+"""Celery tasks: thin, idempotent, they take ids and delegate to app/services."""

@@ -1,0 +1,16 @@
+"""batches.run: execute the running batch."""
+
+from celery import shared_task
+from flask import current_app
+
+from app.services.runs import run_batch
+
+
+# acks_late (from celeryconfig): a vanished worker's message is delivered again,
+# and the lease turns a duplicate into a no-op. No time limit: a batch may
+# legitimately take hours, and a hard limit would kill it mid-item; stopping is
+# the operator's tool. No retries: the reconciler re-dispatches a lost run.
+@shared_task(name="batches.run", bind=True, max_retries=0)
+def run(self, batch_id: int, token: str) -> str:  # type: ignore[no-untyped-def]
+    """Run a batch's pending items if this dispatch still owns it."""
+    return run_batch(batch_id, token, heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"])

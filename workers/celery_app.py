@@ -1,0 +1,19 @@
+"""Entry point for `celery -A workers.celery_app ...` (worker, beat, flower)."""
+
+from celery.signals import worker_process_init
+
+from app import create_app
+from app.extensions import db
+
+flask_app = create_app()
+celery_app = flask_app.extensions["celery"]
+celery_app.conf.update(include=["tasks.batches", "tasks.queue"])
+
+from workers import signals  # noqa: E402,F401  (connects the promotion chain)
+
+
+@worker_process_init.connect
+def dispose_pool_after_fork(**_: object) -> None:
+    """Forked pool children must not share the parent's database connections."""
+    with flask_app.app_context():
+        db.engine.dispose(close=False)
