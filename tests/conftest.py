@@ -1,0 +1,256 @@
+"""Fixtures: real PostgreSQL, real Redis, a real Celery worker.
+
+With TEST_DATABASE_URL / TEST_REDIS_URL unset, embedded servers are started
+under a temporary directory (the fresh-machine path). Each test session gets a
+database of its own on that server, migrated with the project's migrations,
+and a Redis key and channel prefix of its own, so parallel runs don't meet.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.config import Settings, normalize_database_url
+from app.extensions import db
+from app.services import accounts
+
+SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+TABLES = "batch_logs, batch_items, batches, profiles, api_tokens, users"
+
+
+def _server_urls(tmp_root: Path) -> Iterator[tuple[str, str]]:
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if database_url and redis_url:
+        yield database_url, redis_url
+        return
+    from app.embedded.servers import ensure_running, stop
+
+    var = tmp_root / "var"
+    urls = ensure_running(var)
+    try:
+        yield database_url or urls.database_url, redis_url or urls.redis_url
+    finally:
+        stop(var)
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(normalize_database_url(url))
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _admin(url: str, sql: str) -> None:
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """URLs of a PostgreSQL database made for this session and of Redis."""
+    urls = _server_urls(tmp_path_factory.mktemp("servers"))
+    server_url, redis_url = next(urls)
+    name = f"batchq_{SESSION_TAG}"
+    _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_url, name), redis_url
+    finally:
+        _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        next(urls, None)
+
+
+@pytest.fixture(scope="session")
+def settings(servers: tuple[str, str]) -> Settings:
+    database_url, redis_url = servers
+    return Settings(
+        database_url=normalize_database_url(database_url),
+        redis_url=redis_url,
+        broker_url=redis_url,
+        secret_key="test-secret",
+        events_channel=f"batchq-{SESSION_TAG}:events",
+        http_allowed_hosts=("127.0.0.1", "localhost"),
+        heartbeat_timeout=30.0,
+        testing=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Iterator[Flask]:
+    """The app, on a freshly migrated database."""
+    from flask_migrate import upgrade
+
+    app = create_app(settings, TESTING=True, WTF_CSRF_ENABLED=False)
+    celery = app.extensions["celery"]
+    # Keys and queues of this session only: a stack running beside the tests
+    # on the same Redis must not take our tasks, nor we its.
+    prefix = f"batchq-{SESSION_TAG}:"
+    celery.conf.broker_transport_options = {
+        **celery.conf.broker_transport_options,
+        "global_keyprefix": prefix,
+    }
+    celery.conf.result_backend_transport_options = {
+        **celery.conf.result_backend_transport_options,
+        "global_keyprefix": prefix,
+    }
+    with app.app_context():
+        upgrade(directory=str(Path(app.root_path).parent / "migrations"))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(app: Flask) -> Iterator[Any]:
+    """A real Celery worker in this process, consuming the batch and control queues."""
+    from celery.contrib.testing.worker import start_worker
+
+    import tasks.batches  # noqa: F401  (registers batches.run)
+    import tasks.queue  # noqa: F401  (registers queue.*)
+    import workers.signals  # noqa: F401  (the promotion chain)
+
+    celery = app.extensions["celery"]
+    celery.loader.import_module("celery.contrib.testing.tasks")
+    with start_worker(
+        celery,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        queues=["batches", "control"],
+        shutdown_timeout=20,
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+def clean(app: Flask) -> Iterator[None]:
+    """Empty tables and an un-paused queue before the test; committed for real."""
+    with app.app_context():
+        db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        db.session.execute(
+            db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL")
+        )
+        db.session.commit()
+        db.session.remove()
+    yield
+
+
+@pytest.fixture
+def app_ctx(app: Flask, clean: None) -> Iterator[Flask]:
+    with app.app_context():
+        yield app
+        db.session.rollback()
+        db.session.remove()
+
+
+@pytest.fixture
+def token(app: Flask, clean: None) -> str:
+    with app.app_context():
+        value = accounts.create_token("tests")
+        db.session.remove()
+    return value
+
+
+class ApiClient:
+    """The test client with a Bearer token and JSON helpers."""
+
+    def __init__(self, client: FlaskClient, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.client.get(f"/api/v1{path}", headers=self.headers | kwargs.pop("headers", {}), **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.client.post(
+            f"/api/v1{path}", json=json, headers=self.headers | kwargs.pop("headers", {}), **kwargs
+        )
+
+    def profiles(self, count: int, prefix: str = "p") -> list[int]:
+        """Create `count` profiles and return their ids."""
+        ids = []
+        for index in range(count):
+            response = self.post("/profiles", {"name": f"{prefix}-{index}", "attributes": {"n": index}})
+            assert response.status_code == 201, response.get_json()
+            ids.append(response.get_json()["id"])
+        return ids
+
+    def batch(self, profile_ids: list[int], processor: str = "noop", name: str = "b", **parameters: Any) -> dict:
+        response = self.post(
+            "/batches",
+            {"name": name, "profile_ids": profile_ids, "processor": processor, "parameters": parameters},
+        )
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+
+@pytest.fixture
+def api(app: Flask, token: str) -> ApiClient:
+    return ApiClient(app.test_client(), token)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Observe until the condition holds (for test assertions only, never for correctness)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
+    """Run target(i) in `count` threads released at the same moment; return results in order."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def runner(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = target(index)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def queue_violations() -> list[str]:
+    """Check the contract's queue rules against the database; return what is wrong."""
+    rows = db.session.execute(db.text("SELECT id, status, queue_position FROM batches ORDER BY id")).all()
+    db.session.rollback()
+    problems = []
+    running = [r for r in rows if r.status in ("in_progress", "stopping")]
+    if len(running) > 1:
+        problems.append(f"{len(running)} running batches: {[r.id for r in running]}")
+    problems += [f"running batch {r.id} at {r.queue_position}" for r in running if r.queue_position != 0]
+    queued = sorted(r.queue_position for r in rows if r.status == "queued")
+    if queued != list(range(1, len(queued) + 1)):
+        problems.append(f"queued positions are {queued}")
+    problems += [
+        f"terminal batch {r.id} at {r.queue_position}"
+        for r in rows
+        if r.status not in ("queued", "in_progress", "stopping") and r.queue_position is not None
+    ]
+    return problems

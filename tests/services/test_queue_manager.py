@@ -1,0 +1,106 @@
+"""The queue manager's rules under concurrency, on real PostgreSQL (no worker: dispatch is observed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app.extensions import db
+from app.models import Batch
+from app.services import dispatch
+from app.services.queue_manager import NewBatch, queue_manager
+from tests.conftest import queue_violations, run_in_threads
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Record run dispatches instead of sending them, so no worker changes the queue under us."""
+    calls: list[tuple[int, str]] = []
+    monkeypatch.setattr(dispatch, "send_run", lambda batch_id, token: calls.append((batch_id, token)))
+    return calls
+
+
+def _profiles(count: int) -> list[int]:
+    rows = db.session.execute(
+        db.text("INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
+                " FROM generate_series(1, :n) g RETURNING id"),
+        {"n": count},
+    ).scalars().all()
+    db.session.commit()
+    return list(rows)
+
+
+def _enqueue(app: Flask, profile_ids: list[int], name: str = "b") -> Batch:
+    with app.app_context():
+        batch, _ = queue_manager.enqueue(
+            NewBatch(name=name, processor="noop", parameters={}, profile_ids=profile_ids, created_by="test")
+        )
+        return batch.id
+
+
+def test_enqueue_50_concurrent_creations_give_one_running_and_positions_1_to_49(
+    app_ctx: Flask, sent: list[Any]
+) -> None:
+    profile_ids = _profiles(2)
+    ids = run_in_threads(50, lambda i: _enqueue(app_ctx, profile_ids, f"b{i}"))
+    rows = db.session.execute(db.text("SELECT status, queue_position FROM batches")).all()
+    assert sorted(r.status for r in rows).count("in_progress") == 1
+    assert sorted(r.queue_position for r in rows if r.status == "queued") == list(range(1, 50))
+    assert len(set(ids)) == 50
+    assert len(sent) == 1
+    assert queue_violations() == []
+
+
+def test_promote_next_batch_from_10_threads_starts_exactly_one(app_ctx: Flask, sent: list[Any]) -> None:
+    profile_ids = _profiles(1)
+    db.session.execute(db.text("UPDATE queue_state SET paused = true"))
+    db.session.commit()
+    for i in range(5):
+        _enqueue(app_ctx, profile_ids, f"b{i}")
+    db.session.execute(db.text("UPDATE queue_state SET paused = false"))
+    db.session.commit()
+
+    def promote(_: int) -> int | None:
+        with app_ctx.app_context():
+            batch = queue_manager.promote_next_batch()
+            return batch.id if batch else None
+
+    results = run_in_threads(10, promote)
+    assert [r for r in results if r is not None] == [1]
+    assert len(sent) == 1
+    assert queue_violations() == []
+    running = queue_manager.get_running_batch()
+    assert running is not None and running.id == 1 and running.queue_position == 0
+
+
+def test_enqueue_while_paused_waits(app_ctx: Flask, sent: list[Any]) -> None:
+    profile_ids = _profiles(1)
+    db.session.execute(db.text("UPDATE queue_state SET paused = true"))
+    db.session.commit()
+    batch_id = _enqueue(app_ctx, profile_ids)
+    batch = db.session.get(Batch, batch_id)
+    assert (batch.status, batch.queue_position) == ("queued", 1)
+    assert sent == []
+
+
+def test_database_refuses_a_second_running_batch(app_ctx: Flask, sent: list[Any]) -> None:
+    profile_ids = _profiles(1)
+    _enqueue(app_ctx, profile_ids)
+    second = _enqueue(app_ctx, profile_ids)
+    with pytest.raises(Exception, match="batch_one_running|batch_position_unique"):
+        db.session.execute(
+            db.text("UPDATE batches SET status = 'in_progress', queue_position = 0 WHERE id = :id"), {"id": second}
+        )
+        db.session.commit()
+    db.session.rollback()
+
+
+def test_database_refuses_a_status_that_disagrees_with_its_position(app_ctx: Flask, sent: list[Any]) -> None:
+    profile_ids = _profiles(1)
+    first = _enqueue(app_ctx, profile_ids)
+    with pytest.raises(Exception, match="batch_position_matches_status"):
+        db.session.execute(db.text("UPDATE batches SET status = 'done' WHERE id = :id"), {"id": first})
+        db.session.commit()
+    db.session.rollback()
