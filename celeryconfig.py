@@ -38,13 +38,13 @@ visibility_timeout = _VISIBILITY_TIMEOUT
 
 # Batches are long; their time limits are declared on the tasks themselves.
 result_expires = 24 * 3600
-task_ignore_result = False
+task_ignore_result = True
 broker_connection_retry_on_startup = True
 
 # Flower sees tasks only through events.
 worker_send_task_events = True
-task_send_sent_event = True
-task_track_started = True
+task_send_sent_event = False
+task_track_started = False
 
 # The reconciler: the real guarantee that the queue moves if a signal was lost
 # or a worker died. Ordinary handoffs don't wait for it.

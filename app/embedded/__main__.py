@@ -10,6 +10,7 @@ The var directory is ./var, or $BATCHQ_VAR_DIR.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,10 +72,8 @@ def cmd_run(argv: list[str]) -> int:
         if child is None:
             pending.append(signum)
             raise KeyboardInterrupt
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
 
     for sig in _FORWARDED:
         signal.signal(sig, on_signal)
@@ -115,10 +114,8 @@ def cmd_run(argv: list[str]) -> int:
         return 1
     finally:
         if child is not None and child.poll() is None:  # we are unwinding with the child alive
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             child.wait()
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_IGN)  # let the shutdown finish; it takes a second

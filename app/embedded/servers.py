@@ -426,8 +426,17 @@ def _pg_account(pg_root: Path) -> _Account:
 
 def _create_system_user(name: str) -> pwd.struct_passwd:
     commands = [
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", name],
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
         ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", "/sbin/nologin", name],  # busybox
     ]
     errors = []
@@ -461,8 +470,15 @@ def _grant_binaries(bin_dir: Path, account: _Account) -> None:
         return
     install = bin_dir.parent
     _grant_traverse(install, account)
-    probes = [install, bin_dir, bin_dir / "postgres", bin_dir / "initdb", bin_dir / "pg_ctl",
-              install / "lib", install / "share"]
+    probes = [
+        install,
+        bin_dir,
+        bin_dir / "postgres",
+        bin_dir / "initdb",
+        bin_dir / "pg_ctl",
+        install / "lib",
+        install / "share",
+    ]
     share = install / "share" / "postgresql"
     if share.is_dir():
         probes += [share, share / "postgres.bki"]
@@ -498,9 +514,7 @@ def _pg_run(args: list[str], *, account: _Account, cwd: Path, timeout: float) ->
     }
     if os.environ.get("TZ"):
         env["TZ"] = os.environ["TZ"]
-    kwargs: dict[str, object] = {}
-    if account.switch:
-        kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
+    switch = account.switch  # as root: drop to PostgreSQL's account (uid, gid, no extra groups)
     return subprocess.run(
         args,
         cwd=cwd,
@@ -511,7 +525,9 @@ def _pg_run(args: list[str], *, account: _Account, cwd: Path, timeout: float) ->
         check=False,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # never in the terminal's process group: Ctrl-C is ours to handle
-        **kwargs,  # type: ignore[arg-type]
+        user=account.uid if switch else None,
+        group=account.gid if switch else None,
+        extra_groups=[] if switch else None,
     )
 
 
@@ -543,16 +559,28 @@ def _initdb(pg_root: Path, bin_dir: Path, account: _Account) -> None:
         shutil.rmtree(scratch)
     started = time.monotonic()
     result = _pg_run(
-        [str(bin_dir / "initdb"), "-D", str(scratch), "-U", PG_SUPERUSER, "--auth=trust",
-         "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
-        account=account, cwd=pg_root, timeout=300,
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(scratch),
+            "-U",
+            PG_SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        account=account,
+        cwd=pg_root,
+        timeout=300,
     )
     if result.returncode != 0:
         shutil.rmtree(scratch, ignore_errors=True)
         raise EmbeddedError(f"initdb failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     conf = scratch / "postgresql.conf"
     with conf.open("a") as handle:
-        handle.write(f"\n# Settings of the embedded server (port, listen address), rewritten at each start\n{_INCLUDE_LINE}\n")
+        handle.write(f"\n# Port and listen address of the embedded server, rewritten at each start\n{_INCLUDE_LINE}\n")
     os.replace(scratch, pg_root / "data")
     _notice(f"initialised PostgreSQL data in {pg_root / 'data'} ({time.monotonic() - started:.1f}s)")
 
@@ -560,16 +588,19 @@ def _initdb(pg_root: Path, bin_dir: Path, account: _Account) -> None:
 def _ensure_postgres(var_dir: Path) -> bool:
     """Make sure the postmaster of var_dir runs and database `batchq` exists; True if we started it."""
     running = _running_postgres(var_dir)
-    if running is None:
-        _start_postgres(var_dir)
+    if running is not None:
+        _ensure_database(running[1])
+        return False
+    _start_postgres(var_dir)
+    try:
         running = _running_postgres(var_dir)
         if running is None:
             raise EmbeddedError(f"PostgreSQL did not come up:\n{_log_tail(var_dir / 'postgres' / 'postgres.log')}")
-        started = True
-    else:
-        started = False
-    _ensure_database(running[1])
-    return started
+        _ensure_database(running[1])
+    except BaseException:
+        _stop_postgres(var_dir)  # started here, so the caller cannot know to stop it
+        raise
+    return True
 
 
 def _start_postgres(var_dir: Path) -> None:
@@ -618,9 +649,21 @@ def _start_postgres(var_dir: Path) -> None:
         owner = (account.uid, account.gid) if account.switch else None
         _atomic_write(data / "batchq.conf", conf, mode=0o600, owner=owner)
         result = _pg_run(
-            [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", str(int(START_TIMEOUT)),
-             "-s", "start"],
-            account=account, cwd=pg_root, timeout=START_TIMEOUT + 10,
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT)),
+                "-s",
+                "start",
+            ],
+            account=account,
+            cwd=pg_root,
+            timeout=START_TIMEOUT + 10,
         )
         if result.returncode == 0:
             return
@@ -669,9 +712,21 @@ def _stop_postgres(var_dir: Path) -> None:
     try:
         account = _pg_account(pg_root)
         result = _pg_run(
-            [str(_pg_bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT)),
-             "-s", "stop"],
-            account=account, cwd=pg_root, timeout=STOP_TIMEOUT + 10,
+            [
+                str(_pg_bin_dir() / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(STOP_TIMEOUT)),
+                "-s",
+                "stop",
+            ],
+            account=account,
+            cwd=pg_root,
+            timeout=STOP_TIMEOUT + 10,
         )
         ok = result.returncode == 0
     except (OSError, subprocess.SubprocessError, EmbeddedError):
@@ -746,26 +801,31 @@ def _ensure_redis(var_dir: Path) -> bool:
     last_error = ""
     for _attempt in range(3):
         port = _pick_port(preferred)
-        conf = "\n".join([
-            "# Written by app.embedded at each start.",
-            "bind 127.0.0.1",
-            f"port {port}",
-            "protected-mode yes",
-            "daemonize no",
-            f"pidfile {_redis_quote(pid_path)}",
-            f"logfile {_redis_quote(log)}",
-            f"dir {_redis_quote(redis_dir)}",
-            "appendonly yes",
-            "appendfsync everysec",
-            'save ""',
-            "maxmemory-policy noeviction",
-            "",
-        ])
+        conf = "\n".join(
+            [
+                "# Written by app.embedded at each start.",
+                "bind 127.0.0.1",
+                f"port {port}",
+                "protected-mode yes",
+                "daemonize no",
+                f"pidfile {_redis_quote(pid_path)}",
+                f"logfile {_redis_quote(log)}",
+                f"dir {_redis_quote(redis_dir)}",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "maxmemory-policy noeviction",
+                "",
+            ]
+        )
         _atomic_write(conf_path, conf, mode=0o600)
         with open(log, "ab") as log_handle:
             proc = subprocess.Popen(
                 [str(binary), str(conf_path)],
-                cwd=redis_dir, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
+                cwd=redis_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=log_handle,
                 start_new_session=True,  # never in the terminal's process group: Ctrl-C is ours to handle
             )
         _children[proc.pid] = proc

@@ -24,13 +24,20 @@ def redis_client() -> redis.Redis:
     return client
 
 
+# Number the event and publish it in one round trip: ids increase across every
+# process, so a page that reconnects can tell what it missed.
+_PUBLISH_NUMBERED = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '{"id":' .. id .. ',' .. ARGV[2])
+return id
+"""
+
+
 def publish(kind: str, batch_id: int | None = None, **extra: object) -> None:
     """Announce a committed change; never raise, since the change itself already happened."""
     channel = current_app.config["EVENTS_CHANNEL"]
+    rest = json.dumps({"kind": kind, "batch_id": batch_id, **extra})[1:]
     try:
-        client = redis_client()
-        event_id = client.incr(f"{channel}:seq")
-        payload = {"id": event_id, "kind": kind, "batch_id": batch_id, **extra}
-        client.publish(channel, json.dumps(payload))
+        redis_client().eval(_PUBLISH_NUMBERED, 1, f"{channel}:seq", channel, rest)
     except redis.RedisError:
         log.warning("could not publish %s event for batch %s", kind, batch_id, exc_info=True)

@@ -29,12 +29,11 @@ from app.models import (
     BatchItem,
     BatchLog,
     BatchStatus,
-    ItemStatus,
     QueueState,
 )
 from app.models._types import utcnow
 from app.models.queue_state import QUEUE_STATE_ID
-from app.services import dispatch, events, leases
+from app.services import dispatch, events, leases, storable_id
 
 # A lost run is dispatched again this many times before the batch is failed.
 MAX_RUN_ATTEMPTS = 3
@@ -70,13 +69,65 @@ class QueueSnapshot:
 
 @dataclass
 class _Change:
-    """The state of one queue transaction: the locked row and what to do after commit."""
+    """One queue transaction: whether the queue is paused, and what to do after commit."""
 
-    state: QueueState
+    paused: bool
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def publish(self, kind: str, batch_id: int | None) -> None:
         self.after_commit.append(lambda: events.publish(kind, batch_id))
+
+
+# Taking the queue lock and bumping the version are one statement: the UPDATE
+# holds the row lock until commit, which serializes every queue change.
+_LOCK_QUEUE = text("UPDATE queue_state SET version = version + 1 WHERE id = :id RETURNING paused")
+
+# Promotion in one statement, run under the queue lock so its snapshot is
+# current: if nothing runs, the head (lowest position) becomes in_progress at
+# 0 with a fresh dispatch token, the others move up by one (the unique check on
+# positions is deferred to commit), and the head's log line is written.
+_PROMOTE_HEAD = text(
+    """
+    WITH head AS (
+        SELECT id FROM batches
+        WHERE status = 'queued'
+            AND NOT EXISTS (SELECT 1 FROM batches WHERE status IN ('in_progress', 'stopping'))
+        ORDER BY queue_position LIMIT 1
+    ), moved AS (
+        UPDATE batches b SET
+            status = CASE WHEN b.id = head.id THEN 'in_progress' ELSE b.status END,
+            queue_position = CASE WHEN b.id = head.id THEN 0 ELSE b.queue_position - 1 END,
+            started_at = CASE WHEN b.id = head.id THEN :now ELSE b.started_at END,
+            dispatch_token = CASE WHEN b.id = head.id THEN :token ELSE b.dispatch_token END,
+            heartbeat_at = CASE WHEN b.id = head.id THEN :now ELSE b.heartbeat_at END
+        FROM head
+        WHERE b.status = 'queued'
+        RETURNING b.id, b.status
+    )
+    INSERT INTO batch_logs (batch_id, at, level, message)
+    SELECT id, :now, 'info', 'started' FROM moved WHERE status = 'in_progress'
+    RETURNING batch_id
+    """
+)
+
+_LOCK_RUN = text(
+    "SELECT status, total_items, succeeded_items, failed_items, dispatch_token FROM batches"
+    " WHERE id = :id AND status IN ('in_progress', 'stopping') FOR UPDATE"
+)
+
+_END_RUN = text(
+    """
+    WITH ended AS (
+        UPDATE batches SET status = :status, error = :error, queue_position = NULL, finished_at = :now
+        WHERE id = :id RETURNING id
+    )
+    INSERT INTO batch_logs (batch_id, at, level, message) SELECT id, :now, :level, :message FROM ended
+    """
+)
+
+_RESET_RUNNING_ITEMS = text(
+    "UPDATE batch_items SET status = 'pending', started_at = NULL WHERE batch_id = :id AND status = 'running'"
+)
 
 
 class QueueManager:
@@ -117,21 +168,16 @@ class QueueManager:
     @contextmanager
     def _change(self) -> Iterator[_Change]:
         """Run one serialized queue transaction, then its after-commit actions."""
-        state = db.session.scalar(
-            select(QueueState).where(QueueState.id == QUEUE_STATE_ID).with_for_update()
-        )
-        if state is None:  # first use of a fresh database
+        paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
+        if paused is None:  # a database migrated without its state row
             db.session.execute(
                 text("INSERT INTO queue_state (id, paused, version) VALUES (:id, false, 0) ON CONFLICT DO NOTHING"),
                 {"id": QUEUE_STATE_ID},
             )
-            state = db.session.scalar(
-                select(QueueState).where(QueueState.id == QUEUE_STATE_ID).with_for_update()
-            )
-        change = _Change(state=state)
+            paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
+        change = _Change(paused=bool(paused))
         try:
             yield change
-            state.version = state.version + 1
             db.session.commit()
         except BaseException:
             db.session.rollback()
@@ -187,9 +233,9 @@ class QueueManager:
         """
         with self._change() as change:
             promoted = self._promote_head(change)
-        return promoted
+        return db.session.get(Batch, promoted) if promoted is not None else None
 
-    def finish_run(self, batch_id: int, token: str, error: str | None = None) -> Batch | None:
+    def finish_run(self, batch_id: int, token: str, error: str | None = None) -> str | None:
         """Record the end of a run: done, failed or (after a stop) stopped.
 
         Fenced by the dispatch token: a run that was presumed lost and replaced
@@ -197,11 +243,8 @@ class QueueManager:
         failure signal chains it.
         """
         with self._change() as change:
-            batch = self._locked_batch(batch_id)
-            if batch.dispatch_token != token or batch.status not in RUNNING_STATUSES:
-                return None
-            self._end_run(change, batch, error)
-        return batch
+            status = self._end_run(change, batch_id, error, token=token)
+        return status
 
     def stop(self, batch_id: int, actor: str) -> Batch:
         """Ask the running batch to stop and pause the queue until Start."""
@@ -212,13 +255,15 @@ class QueueManager:
             batch.status = BatchStatus.STOPPING.value
             batch.stop_requested_at = utcnow()
             batch.stop_requested_by = actor
-            self._pause(change, actor)
+            self._set_paused(change, True, actor)
             self._log(batch.id, f"stop requested by {actor}")
+            db.session.flush()
             if not leases.is_held(batch.id):
                 # No run holds the batch (not picked up yet, or its worker died):
                 # nothing can be interrupted, so it is stopped at once.
-                self._end_run(change, batch, None)
+                self._end_run(change, batch.id, None)
             change.publish("stopping", batch.id)
+        db.session.refresh(batch)
         return batch
 
     def cancel(self, batch_id: int, actor: str) -> Batch:
@@ -263,12 +308,10 @@ class QueueManager:
             running = self.get_running_batch()
             if running is not None:
                 raise Conflict(f"batch {running.id} is running; Start is allowed only when nothing runs")
-            change.state.paused = False
-            change.state.paused_by = None
-            change.state.paused_at = None
+            self._set_paused(change, False, None)
             promoted = self._promote_head(change)
             if promoted is not None:
-                self._log(promoted.id, f"queue started by {actor}")
+                self._log(promoted, f"queue started by {actor}")
             change.publish("queue", None)
         return self.snapshot()
 
@@ -282,11 +325,13 @@ class QueueManager:
         failed after MAX_RUN_ATTEMPTS; a lost stopping run is simply stopped.
         """
         with self._change() as change:
-            batch = self.get_running_batch()
+            batch = db.session.scalar(
+                select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update()
+            )
             if batch is not None:
-                db.session.refresh(batch, with_for_update=True)
                 self._recover(change, batch, heartbeat_timeout, stop_grace)
-            return self._promote_head(change)
+            promoted = self._promote_head(change)
+        return db.session.get(Batch, promoted) if promoted is not None else None
 
     # --- the rules' building blocks (always called inside _change) ------------
 
@@ -308,86 +353,82 @@ class QueueManager:
         if now - beat < timedelta(seconds=heartbeat_timeout):
             return
         if batch.status == BatchStatus.STOPPING:
-            self._end_run(change, batch, None)
+            self._end_run(change, batch.id, None)
         elif batch.run_attempts >= MAX_RUN_ATTEMPTS:
-            self._end_run(change, batch, f"run lost {batch.run_attempts} times (worker died or unreachable)")
+            self._end_run(change, batch.id, f"run lost {batch.run_attempts} times (worker died or unreachable)")
         else:
             self._log(batch.id, "run lost (no heartbeat); dispatching it again", level="warning")
             self._dispatch(change, batch)
 
-    def _promote_head(self, change: _Change) -> Batch | None:
-        if change.state.paused or self.get_running_batch() is not None:
+    def _promote_head(self, change: _Change) -> int | None:
+        """Start the head of the queue if the slot is free; return its id."""
+        if change.paused:
             return None
-        head = db.session.scalar(
-            select(Batch)
-            .where(Batch.status == BatchStatus.QUEUED)
-            .order_by(Batch.queue_position)
-            .limit(1)
-            .with_for_update()
-        )
-        if head is None:
+        token = uuid.uuid4().hex
+        promoted = db.session.execute(_PROMOTE_HEAD, {"now": utcnow(), "token": token}).scalar()
+        if promoted is None:
             return None
-        old_position = head.queue_position
-        head.status = BatchStatus.IN_PROGRESS.value
-        head.queue_position = 0
-        head.started_at = utcnow()
-        db.session.flush()
-        self._shift(after=old_position, by=-1)
-        self._log(head.id, "started")
-        self._dispatch(change, head)
-        change.publish("promoted", head.id)
-        return head
+        change.after_commit.append(lambda: dispatch.send_run(promoted, token))
+        change.publish("promoted", promoted)
+        return promoted
 
     def _dispatch(self, change: _Change, batch: Batch) -> None:
-        """Give the batch a fresh fencing token and send its run after commit."""
+        """Give a running batch a fresh fencing token and send its run again after commit."""
         token = uuid.uuid4().hex
         batch.dispatch_token = token
         batch.heartbeat_at = utcnow()
-        db.session.execute(
-            update(BatchItem)
-            .where(BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.RUNNING)
-            .values(status=ItemStatus.PENDING.value)
-        )
+        db.session.execute(_RESET_RUNNING_ITEMS, {"id": batch.id})
         batch_id = batch.id
         change.after_commit.append(lambda: dispatch.send_run(batch_id, token))
 
-    def _end_run(self, change: _Change, batch: Batch, error: str | None) -> None:
-        if batch.status == BatchStatus.STOPPING:
-            batch.status = BatchStatus.STOPPED.value
-            batch.error = error
-            message = f"stopped ({batch.pending_items} items left pending)"
-        elif error is None and batch.failed_items == 0 and batch.pending_items == 0:
-            batch.status = BatchStatus.DONE.value
-            message = "finished: done"
+    def _end_run(self, change: _Change, batch_id: int, error: str | None, token: str | None = None) -> str | None:
+        """End the running batch: stopped after a stop, else done or failed; return the new status.
+
+        With a token, only the run holding it may end the batch (None otherwise).
+        """
+        row = db.session.execute(_LOCK_RUN, {"id": batch_id}).one_or_none()
+        if row is None or (token is not None and row.dispatch_token != token):
+            return None
+        pending = row.total_items - row.succeeded_items - row.failed_items
+        level = "info"
+        if row.status == BatchStatus.STOPPING:
+            status, message = BatchStatus.STOPPED, f"stopped ({pending} items left pending)"
+        elif error is None and row.failed_items == 0 and pending == 0:
+            status, message = BatchStatus.DONE, "finished: done"
         else:
-            batch.status = BatchStatus.FAILED.value
-            batch.error = error or self._failure_summary(batch)
-            message = f"finished: failed ({batch.error})"
-        batch.queue_position = None
-        batch.finished_at = utcnow()
+            status, level = BatchStatus.FAILED, "error"
+            error = error or self._failure_summary(row.failed_items, pending, row.total_items)
+            message = f"finished: failed ({error})"
+        if pending:
+            db.session.execute(_RESET_RUNNING_ITEMS, {"id": batch_id})
         db.session.execute(
-            update(BatchItem)
-            .where(BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.RUNNING)
-            .values(status=ItemStatus.PENDING.value)
+            _END_RUN,
+            {"id": batch_id, "status": status.value, "error": error, "now": utcnow(), "level": level,
+             "message": message},
         )
-        self._log(batch.id, message, level="info" if batch.status != BatchStatus.FAILED else "error")
-        change.publish("finished", batch.id)
+        change.publish("finished", batch_id)
+        return status.value
 
     @staticmethod
-    def _failure_summary(batch: Batch) -> str:
-        if batch.failed_items:
-            return f"{batch.failed_items} of {batch.total_items} items failed"
-        return f"{batch.pending_items} of {batch.total_items} items did not run"
+    def _failure_summary(failed: int, pending: int, total: int) -> str:
+        if failed:
+            return f"{failed} of {total} items failed"
+        return f"{pending} of {total} items did not run"
 
     @staticmethod
-    def _pause(change: _Change, actor: str) -> None:
-        change.state.paused = True
-        change.state.paused_by = actor
-        change.state.paused_at = utcnow()
+    def _set_paused(change: _Change, paused: bool, actor: str | None) -> None:
+        change.paused = paused
+        db.session.execute(
+            update(QueueState)
+            .where(QueueState.id == QUEUE_STATE_ID)
+            .values(paused=paused, paused_by=actor, paused_at=utcnow() if paused else None)
+        )
 
     @staticmethod
     def _locked_batch(batch_id: int) -> Batch:
-        batch = db.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+        batch = None
+        if storable_id(batch_id):
+            batch = db.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
         if batch is None:
             raise NotFound(f"batch {batch_id} does not exist")
         return batch

@@ -10,6 +10,7 @@ the task returns, because Celery's signals are not a delivery guarantee.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -17,11 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, text
 
 from app import processors
 from app.extensions import db
-from app.models import Batch, BatchItem, BatchLog, BatchStatus, ItemStatus, Profile
+from app.models import BatchStatus, ItemStatus
 from app.models._types import utcnow
 from app.processors import ItemFailed, ProfileData, StopRequested
 from app.services import events, leases
@@ -113,14 +114,14 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
 
 
 def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbeat_timeout: float) -> str:
-    batch = _claim(batch_id, token)
-    if batch is None:
+    claimed = _claim(batch_id, token)
+    if claimed is None:
         return "stale"
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     error: str | None = None
     try:
         watcher.start()
-        error = _run_items(batch, token, watcher)
+        error = _run_items(claimed, token, watcher)
     except Fenced:
         return "fenced"
     except Exception as exc:  # the processor loop itself broke: the batch fails, the queue goes on
@@ -129,129 +130,183 @@ def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbe
         error = f"run crashed: {type(exc).__name__}: {exc}"
     finally:
         watcher.finish()
-    finished = queue_manager.finish_run(batch_id, token, error)
-    return finished.status if finished is not None else "fenced"
+    return queue_manager.finish_run(batch_id, token, error) or "fenced"
 
 
-def _claim(batch_id: int, token: str) -> Batch | None:
-    """Check that this dispatch still owns the batch and count the attempt."""
-    batch = db.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
-    if batch is None or batch.dispatch_token != token or batch.status != BatchStatus.IN_PROGRESS:
+@dataclass
+class Claimed:
+    """What a run learns when it takes over its batch."""
+
+    batch_id: int
+    processor: str
+    parameters: dict[str, Any]
+    total: int
+    items: list[PendingItem]
+    first_started: bool
+
+
+# Taking over the batch: only while it is in progress under this run's token.
+_CLAIM = text(
+    """
+    WITH own AS (
+        UPDATE batches SET run_attempts = run_attempts + 1, heartbeat_at = :now
+        WHERE id = :id AND dispatch_token = :token AND status = 'in_progress'
+        RETURNING id, processor, parameters, total_items, run_attempts
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT id, :now, 'info', 'run began on ' || :host
+            || CASE WHEN run_attempts > 1 THEN ' (attempt ' || run_attempts || ')' ELSE '' END
+        FROM own
+    )
+    SELECT processor, parameters, total_items FROM own
+    """
+)
+
+_PENDING_ITEMS = text(
+    "SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes"
+    " FROM batch_items i JOIN profiles p ON p.id = i.profile_id"
+    " WHERE i.batch_id = :id AND i.status = 'pending' ORDER BY i.position"
+)
+
+# An item starts only while its run owns the batch and no stop has come: the
+# batch row lock orders this against a stop, so no item begins after one.
+_START_ITEM = text(
+    """
+    WITH own AS (
+        SELECT id FROM batches
+        WHERE id = :batch_id AND dispatch_token = :token AND status = 'in_progress' FOR UPDATE
+    )
+    UPDATE batch_items SET status = 'running', attempts = attempts + 1, started_at = :now, error = NULL
+    WHERE id = :item_id AND batch_id IN (SELECT id FROM own)
+    RETURNING id
+    """
+)
+
+# An item's outcome, the batch's counters and the log line, in one statement.
+_FINISH_ITEM = text(
+    """
+    WITH own AS (
+        SELECT id FROM batches WHERE id = :batch_id AND dispatch_token = :token FOR UPDATE
+    ), item AS (
+        UPDATE batch_items SET status = :status, result = CAST(:result AS jsonb), error = :error,
+            started_at = CASE WHEN :interrupted THEN NULL ELSE started_at END,
+            finished_at = :finished_at
+        WHERE id = :item_id AND batch_id IN (SELECT id FROM own)
+    ), counters AS (
+        UPDATE batches SET succeeded_items = succeeded_items + :succeeded, failed_items = failed_items + :failed
+        WHERE id IN (SELECT id FROM own)
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT own.id, :now, line.level, line.message
+        FROM own, jsonb_to_recordset(CAST(:lines AS jsonb)) AS line(level text, message text)
+    )
+    SELECT count(*) FROM own
+    """
+)
+
+
+def _claim(batch_id: int, token: str) -> Claimed | None:
+    """Take over the batch, read what is left to do, and start its first item, in one transaction."""
+    now = utcnow()
+    row = db.session.execute(_CLAIM, {"id": batch_id, "token": token, "now": now, "host": socket.gethostname()}).one_or_none()
+    if row is None:
         db.session.rollback()
         return None
-    batch.run_attempts += 1
-    batch.heartbeat_at = utcnow()
-    attempt = f" (attempt {batch.run_attempts})" if batch.run_attempts > 1 else ""
-    db.session.add(BatchLog(batch_id=batch_id, message=f"run began on {socket.gethostname()}{attempt}"))
+    items = [
+        PendingItem(r.id, r.position, ProfileData(r.profile_id, r.name, r.attributes or {}))
+        for r in db.session.execute(_PENDING_ITEMS, {"id": batch_id})
+    ]
+    first_started = bool(items) and _start_item(batch_id, token, items[0].id, commit=False)
     db.session.commit()
-    return batch
+    return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, first_started)
 
 
-def _pending_items(batch_id: int) -> list[PendingItem]:
-    rows = db.session.execute(
-        select(BatchItem.id, BatchItem.position, Profile.id, Profile.name, Profile.attributes)
-        .join(Profile, Profile.id == BatchItem.profile_id)
-        .where(BatchItem.batch_id == batch_id, BatchItem.status == ItemStatus.PENDING)
-        .order_by(BatchItem.position)
-    ).all()
-    db.session.commit()
-    return [PendingItem(row[0], row[1], ProfileData(row[2], row[3], row[4] or {})) for row in rows]
-
-
-def _run_items(batch: Batch, token: str, watcher: Watcher) -> str | None:
-    processor = processors.get(batch.processor)
+def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> str | None:
+    processor = processors.get(claimed.processor)
     if processor is None:
-        return f"processor {batch.processor!r} is not registered on this worker"
-    batch_id, total, parameters = batch.id, batch.total_items, dict(batch.parameters)
-    for item in _pending_items(batch_id):
-        if watcher.stop_seen.is_set() or not _start_item(batch_id, token, item.id):
+        return f"processor {claimed.processor!r} is not registered on this worker"
+    batch_id, items = claimed.batch_id, claimed.items
+    for index, item in enumerate(items):
+        already_started = index == 0 and claimed.first_started
+        if not already_started and (watcher.stop_seen.is_set() or not _start_item(batch_id, token, item.id)):
             break
         ctx = ItemContext(batch_id, watcher)
-        try:
-            result = processor.process(item.profile, parameters, ctx)
-        except StopRequested:
-            _finish_item(batch_id, token, item, None, None, ctx, total, stopped=True)
+        outcome = _process(processor, item, claimed.parameters, ctx)
+        last = index == len(items) - 1
+        _finish_item(batch_id, token, item, outcome, ctx, claimed.total, announce=not last)
+        if outcome.status is ItemStatus.PENDING:
             break
-        except ItemFailed as exc:
-            _finish_item(batch_id, token, item, None, str(exc) or "failed", ctx, total)
-        except Exception as exc:  # a processor's bug fails its item, not the whole run
-            log.exception("processor %s failed on profile %s", processor.name, item.profile.id)
-            _finish_item(batch_id, token, item, None, f"{type(exc).__name__}: {exc}", ctx, total)
-        else:
-            _finish_item(batch_id, token, item, result, None, ctx, total)
     return None
 
 
-def _lock_own_batch(batch_id: int, token: str) -> str:
-    """Lock the batch row if this run still owns it; return its status."""
-    status = db.session.execute(
-        select(Batch.status).where(Batch.id == batch_id, Batch.dispatch_token == token).with_for_update()
+@dataclass
+class Outcome:
+    status: ItemStatus
+    result: Any = None
+    error: str | None = None
+
+
+def _process(processor: processors.Processor, item: PendingItem, parameters: dict[str, Any], ctx: ItemContext) -> Outcome:
+    """Run the processor on one profile and say how it went."""
+    try:
+        result = processor.process(item.profile, parameters, ctx)
+    except StopRequested:
+        return Outcome(ItemStatus.PENDING)
+    except ItemFailed as exc:
+        return Outcome(ItemStatus.FAILED, error=str(exc) or "failed")
+    except Exception as exc:  # a processor's bug fails its item, not the whole run
+        log.exception("processor %s failed on profile %s", processor.name, item.profile.id)
+        return Outcome(ItemStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+    return Outcome(ItemStatus.SUCCEEDED, result=result)
+
+
+def _start_item(batch_id: int, token: str, item_id: int, commit: bool = True) -> bool:
+    """Mark the item running unless a stop (or a newer run) came first."""
+    started = db.session.execute(
+        _START_ITEM, {"batch_id": batch_id, "token": token, "item_id": item_id, "now": utcnow()}
     ).scalar()
-    if status is None:
-        db.session.rollback()
-        raise Fenced()
-    return status
-
-
-def _start_item(batch_id: int, token: str, item_id: int) -> bool:
-    """Mark the item running unless a stop came first (the row lock orders the two)."""
-    if _lock_own_batch(batch_id, token) != BatchStatus.IN_PROGRESS:
-        db.session.rollback()
-        return False
-    db.session.execute(
-        update(BatchItem)
-        .where(BatchItem.id == item_id)
-        .values(status=ItemStatus.RUNNING.value, attempts=BatchItem.attempts + 1, started_at=utcnow(), error=None)
-    )
-    db.session.commit()
-    return True
+    if commit:
+        db.session.commit()
+    return started is not None
 
 
 def _finish_item(
-    batch_id: int,
-    token: str,
-    item: PendingItem,
-    result: Any,
-    error: str | None,
-    ctx: ItemContext,
-    total: int,
-    stopped: bool = False,
+    batch_id: int, token: str, item: PendingItem, outcome: Outcome, ctx: ItemContext, total: int, announce: bool
 ) -> None:
     """Record the item's outcome, the batch's progress and the log in one transaction."""
-    _lock_own_batch(batch_id, token)
-    now = utcnow()
-    if stopped:
-        status, message = ItemStatus.PENDING, "interrupted by the stop; left pending"
-    elif error is None:
-        status, message = ItemStatus.SUCCEEDED, "succeeded"
+    now, interrupted = utcnow(), outcome.status is ItemStatus.PENDING
+    if interrupted:
+        message = "interrupted by the stop; left pending"
+    elif outcome.status is ItemStatus.SUCCEEDED:
+        message = "succeeded"
     else:
-        status, message = ItemStatus.FAILED, f"failed: {error}"
-    db.session.execute(
-        update(BatchItem)
-        .where(BatchItem.id == item.id)
-        .values(
-            status=status.value,
-            result=result,
-            error=error,
-            started_at=None if stopped else BatchItem.started_at,
-            finished_at=None if stopped else now,
-        )
+        message = f"failed: {outcome.error}"
+    lines = [{"level": level, "message": f"{item.profile.name}: {line}"} for level, line in ctx.lines]
+    lines.append(
+        {
+            "level": "error" if outcome.status is ItemStatus.FAILED else "info",
+            "message": f"item {item.position + 1}/{total} ({item.profile.name}) {message}",
+        }
     )
-    if status is ItemStatus.SUCCEEDED:
-        db.session.execute(
-            update(Batch).where(Batch.id == batch_id).values(succeeded_items=Batch.succeeded_items + 1)
-        )
-    elif status is ItemStatus.FAILED:
-        db.session.execute(update(Batch).where(Batch.id == batch_id).values(failed_items=Batch.failed_items + 1))
-    for level, line in ctx.lines:
-        db.session.add(BatchLog(batch_id=batch_id, level=level, message=f"{item.profile.name}: {line}", at=now))
-    db.session.add(
-        BatchLog(
-            batch_id=batch_id,
-            level="error" if status is ItemStatus.FAILED else "info",
-            message=f"item {item.position + 1}/{total} ({item.profile.name}) {message}",
-            at=now,
-        )
-    )
+    owned = db.session.execute(
+        _FINISH_ITEM,
+        {
+            "batch_id": batch_id,
+            "token": token,
+            "item_id": item.id,
+            "status": outcome.status.value,
+            "result": json.dumps(outcome.result) if outcome.result is not None else None,
+            "error": outcome.error,
+            "interrupted": interrupted,
+            "finished_at": None if interrupted else now,
+            "succeeded": int(outcome.status is ItemStatus.SUCCEEDED),
+            "failed": int(outcome.status is ItemStatus.FAILED),
+            "now": now,
+            "lines": json.dumps(lines),
+        },
+    ).scalar()
     db.session.commit()
-    events.publish("item", batch_id)
+    if not owned:
+        raise Fenced()
+    if announce:  # the last item's news comes with the batch's end, a moment later
+        events.publish("item", batch_id)

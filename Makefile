@@ -1,0 +1,58 @@
+# batchq: everything runs from the repository root, inside .venv.
+#   make install   create .venv and install requirements.txt (skipped while .venv/.installed is newer)
+#   make run       the whole stack in the foreground, embedded PostgreSQL/Redis unless
+#                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
+#   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
+#   make lint      ruff (installed into .venv on first use)
+#   make bench     the handoff benchmark, bench/handoff.py (BENCH_ARGS="--batches 500")
+#   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
+
+SHELL := /bin/sh
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help install run test lint bench clean distclean
+
+help:
+	@sed -n '2,9s/^# \{0,1\}//p' Makefile
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is newer than requirements.txt once it is installed: pip runs only when it changes.
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+run: install
+	$(BIN)/python -m app.embedded run -- sh -c '$(BIN)/flask --app wsgi db upgrade && exec $(BIN)/honcho start web worker beat flower'
+
+# Exit code 5 means pytest collected nothing: a suite that silently vanished is a failure too.
+test: install
+	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+lint: install
+	@[ -x $(BIN)/ruff ] || $(BIN)/python -m pip install --disable-pip-version-check -q ruff
+	$(BIN)/ruff check .
+
+# The benchmark prints figures and never fails on them; it migrates a database of its own.
+bench: install
+	$(BIN)/python -m app.embedded run -- $(BIN)/python -m bench.handoff $(BENCH_ARGS)
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
+	find . \( -path ./$(VENV) -o -path ./var \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m app.embedded down; fi
+	rm -rf $(VENV) var

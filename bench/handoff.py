@@ -1,0 +1,180 @@
+"""Handoff benchmark: the idle time between one batch's last item and the next batch's first item.
+
+Submits back-to-back single-profile `noop` batches to a real prefork Celery
+worker (the Procfile's command) and reports p50/p95/p99 of the handoff, beside a
+baseline measured in the same run: a bare Celery task whose task_success handler
+dispatches the next one. Not a test: it prints figures and never fails on them.
+
+    .venv/bin/python -m bench.handoff [--batches 200]
+
+Uses DATABASE_URL / REDIS_URL when set, else the embedded servers under ./var/.
+It works in a database of its own (batchq_bench) and Redis database 14.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "batchq_bench"
+BENCH_REDIS_DB = 14
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values_ms: list[float]) -> str:
+    return (
+        f"p50 {percentile(values_ms, 0.50):6.2f} ms   p95 {percentile(values_ms, 0.95):6.2f} ms   "
+        f"p99 {percentile(values_ms, 0.99):6.2f} ms   (n={len(values_ms)})"
+    )
+
+
+def server_urls() -> tuple[str, str]:
+    """The PostgreSQL server and Redis to use: the environment's, or the embedded ones."""
+    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not (database_url and redis_url):
+        from app.embedded.servers import ensure_running
+
+        urls = ensure_running(ROOT / "var")
+        database_url, redis_url = database_url or urls.database_url, redis_url or urls.redis_url
+    return database_url, redis_url
+
+
+def with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+def prepare_database(server_url: str) -> str:
+    plain = server_url.replace("postgresql+psycopg://", "postgresql://").replace("postgres://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    return with_path(plain, f"/{BENCH_DB}")
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=WARNING",
+        "-Q", "batches,control", "--concurrency=3", "--include=bench.baseline", "--without-mingle",
+        "--without-gossip",
+    ]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_worker(env: dict[str, str]) -> None:
+    from celery import Celery
+
+    probe = Celery(broker=env["REDIS_URL"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if probe.control.ping(timeout=0.5):
+            return
+    raise RuntimeError("the bench worker did not answer within 60 s")
+
+
+def measure_baseline(env: dict[str, str], count: int) -> list[float]:
+    """Bare Celery: task N's task_success handler sends task N+1; gap = start(N+1) - end(N)."""
+    from celery import Celery
+
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    client.delete("bench:baseline")
+    sender = Celery(broker=env["REDIS_URL"])
+    sender.send_task("bench.ping", args=[0, count], queue="control")
+    deadline = time.monotonic() + 120
+    while client.llen("bench:baseline") < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    marks = [tuple(map(float, item.split(b","))) for item in client.lrange("bench:baseline", 0, -1)]
+    marks.sort()
+    return [(start_next - end_prev) * 1000 for (_, end_prev), (start_next, _) in zip(marks, marks[1:])]
+
+
+def measure_handoff(env: dict[str, str], count: int) -> tuple[list[float], float]:
+    """Submit `count` single-profile noop batches at once and read the gaps from the items' timestamps."""
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
+    from app import create_app
+    from app.extensions import db
+    from app.services.queue_manager import NewBatch, queue_manager
+
+    app = create_app()
+    with app.app_context():
+        profile_id = db.session.execute(
+            db.text("INSERT INTO profiles (name, attributes, created_at) VALUES ('bench', '{}', now()) RETURNING id")
+        ).scalar_one()
+        db.session.commit()
+        started = time.monotonic()
+        for index in range(count):
+            queue_manager.enqueue(
+                NewBatch(name=f"bench-{index}", processor="noop", parameters={}, profile_ids=[profile_id])
+            )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            left = db.session.execute(db.text("SELECT count(*) FROM batches WHERE finished_at IS NULL")).scalar()
+            db.session.rollback()
+            if left == 0:
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        rows = db.session.execute(
+            db.text(
+                "SELECT b.id, min(i.started_at) AS first_start, max(i.finished_at) AS last_end"
+                " FROM batches b JOIN batch_items i ON i.batch_id = b.id"
+                " GROUP BY b.id ORDER BY min(i.started_at)"
+            )
+        ).all()
+    gaps = [
+        (later.first_start - earlier.last_end).total_seconds() * 1000 for earlier, later in zip(rows, rows[1:])
+    ]
+    return gaps, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=200)
+    args = parser.parse_args()
+
+    server_url, redis_server = server_urls()
+    redis_url = with_path(redis_server, f"/{BENCH_REDIS_DB}")
+    redis.Redis.from_url(redis_url).flushdb()
+    database_url = prepare_database(server_url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "BATCHQ_EVENTS_CHANNEL": "batchq-bench:events",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+        capture_output=True,
+    )
+    worker = start_worker(env)
+    try:
+        wait_for_worker(env)
+        baseline = measure_baseline(env, args.batches)
+        handoff, elapsed = measure_handoff(env, args.batches)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    print(f"baseline (bare Celery, task_success -> next task): {summary(baseline)}")
+    print(f"handoff  (batch end -> next batch's first item):  {summary(handoff)}")
+    ratio = statistics.median(handoff) / max(statistics.median(baseline), 1e-9)
+    print(f"handoff p50 / baseline p50: {ratio:.1f}x   ({args.batches} batches in {elapsed:.1f} s)")
+    print("targets: handoff p50 < 10 ms and within 3x the baseline, p99 < 50 ms")
+
+
+if __name__ == "__main__":
+    main()
