@@ -9,6 +9,8 @@ and a Redis key and channel prefix of its own, so parallel runs don't meet.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -59,9 +61,12 @@ def _admin(url: str, sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def servers() -> Iterator[tuple[str, str]]:
     """URLs of a PostgreSQL database made for this session and of Redis."""
-    urls = _server_urls(tmp_path_factory.mktemp("servers"))
+    # Not under pytest's tmp_path: every pytest session resets that root to 0700,
+    # which would cut the embedded PostgreSQL's unprivileged user off.
+    root = Path(tempfile.mkdtemp(prefix="batchq-tests-"))
+    urls = _server_urls(root)
     server_url, redis_url = next(urls)
     name = f"batchq_{SESSION_TAG}"
     _admin(server_url, f'CREATE DATABASE "{name}"')
@@ -70,6 +75,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     finally:
         _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         next(urls, None)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -234,6 +240,41 @@ def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
     if errors:
         raise errors[0]
     return results
+
+
+def held_leases() -> list[int]:
+    """Ids of the batches whose run lease some connection holds right now."""
+    from app.services.leases import LEASE_CLASS
+
+    ids = db.session.execute(
+        db.text(
+            "SELECT l.objid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+            " AND l.classid = :cls AND l.objsubid = 2"
+        ),
+        {"cls": LEASE_CLASS},
+    ).scalars().all()
+    db.session.rollback()
+    return [int(i) for i in ids]
+
+
+@pytest.fixture
+def settled(app: Flask, clean: None) -> Iterator[None]:
+    """Leave no run behind for the next test (batch ids restart at 1, and so do lease keys).
+
+    At teardown a batch still running is stopped, then the test waits until no
+    run holds a lease, so a straggler can't turn the next test's batch 1 into a
+    "duplicate".
+    """
+    yield
+    from app.services.queue_manager import queue_manager
+
+    with app.app_context():
+        running = queue_manager.get_running_batch()
+        if running is not None and running.status == "in_progress":
+            queue_manager.stop(running.id, "teardown")
+        wait_for(lambda: not held_leases(), timeout=15)
+        db.session.remove()
 
 
 def queue_violations() -> list[str]:

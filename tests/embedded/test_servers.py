@@ -4,6 +4,8 @@ per var directory however many callers race to start them, nothing left running.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import subprocess
 import sys
 import threading
@@ -44,12 +46,16 @@ def _pids(var_dir: Path) -> set[int]:
 
 
 @pytest.fixture
-def var_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "var"
+def var_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: every pytest session resets its root to 0700,
+    # which would cut PostgreSQL's unprivileged user off mid-test.
+    root = Path(tempfile.mkdtemp(prefix="batchq-embedded-"))
+    path = root / "var"
     yield path
     stop(path)  # whatever a failing test left behind
     assert servers._running_postgres(path) is None
     assert servers._running_redis(path) is None
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_data_survives_restart_and_discovery_follows(var_dir: Path) -> None:
