@@ -8,6 +8,7 @@ from flask import g, request, url_for
 
 from app.api import bp
 from app.api.bodies import json_body, load_args, load_body, page_body
+from app.errors import InvalidInput
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
 from app.schemas.common import PageArgs
 from app.services import batches
@@ -15,12 +16,26 @@ from app.services.queue_manager import queue_manager
 
 batch_out = BatchOut()
 
+# The length of the column that keeps the key.
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def idempotency_key() -> str | None:
+    """Return the request's Idempotency-Key, refusing one too long to keep."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(
+            "the Idempotency-Key is too long",
+            {"Idempotency-Key": [f"at most {MAX_IDEMPOTENCY_KEY} characters"]},
+        )
+    return key
+
 
 @bp.post("/batches")
 def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
     raw = json_body()
     data = BatchCreate().load(raw)
-    key = request.headers.get("Idempotency-Key") or None
+    key = idempotency_key()
     batch, created = batches.create_batch(data, g.actor, idempotency_key=key, raw_body=raw)
     location = url_for("api.get_batch", batch_id=batch.id)
     return batch_out.dump(batch), 201 if created else 200, {"Location": location}

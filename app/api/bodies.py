@@ -7,7 +7,7 @@ from typing import Any
 from flask import request
 from marshmallow import Schema
 
-from app.errors import AppError
+from app.errors import AppError, InvalidInput
 
 
 class MalformedBody(AppError):
@@ -17,12 +17,40 @@ class MalformedBody(AppError):
 
 def json_body() -> dict[str, Any]:
     """Return the request's JSON object, or refuse a body that is not one."""
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # the json module's answer to very deep nesting
+        raise MalformedBody("the body is nested too deeply") from None
     if data is None:
         raise MalformedBody("the body must be a JSON object (Content-Type: application/json)")
     if not isinstance(data, dict):
         raise MalformedBody("the body must be a JSON object", {"_schema": ["expected an object"]})
+    refuse_nul(data)
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    """Tell whether a JSON value holds a NUL in any string or key."""
+    # Iterative, since the nesting depth is the client's to choose.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def refuse_nul(data: dict[str, Any]) -> None:
+    """Refuse text PostgreSQL can't store (NUL), naming the top-level field that holds it."""
+    fields = {key: ["may not contain the NUL character"] for key, value in data.items() if _has_nul([key, value])}
+    if fields:
+        raise InvalidInput("text may not contain the NUL character", fields)
 
 
 def load_body(schema: Schema) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def build_spec() -> dict[str, Any]:
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
         info={"description": "Batches of profiles, run one at a time by Celery workers."},
+        servers=[{"url": "/api/v1"}],
         components={"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         security=[{"bearer": []}],
     )

@@ -8,8 +8,11 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from app import processors
 from app.models import BatchStatus, ItemStatus
+from app.schemas.common import PageArgs
 
 MAX_PROFILES = 10_000
+# Log line ids are PostgreSQL bigints.
+MAX_LOG_ID = 2**63 - 1
 
 
 class BatchCreate(Schema):
@@ -73,9 +76,7 @@ class BatchOut(Schema):
         }
 
 
-class BatchListArgs(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+class BatchListArgs(PageArgs):
     status = fields.String(validate=validate.OneOf([s.value for s in BatchStatus]))
 
 
@@ -89,10 +90,8 @@ class ItemOut(Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
-class LogArgs(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    after = fields.Integer(validate=validate.Range(min=0))
+class LogArgs(PageArgs):
+    after = fields.Integer(validate=validate.Range(min=0, max=MAX_LOG_ID))
 
 
 class LogOut(Schema):

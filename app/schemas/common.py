@@ -2,11 +2,14 @@
 
 from marshmallow import Schema, fields, validate
 
+# No list has this many pages; the bound keeps the row offset inside PostgreSQL's bigint.
+MAX_PAGE = 2**31 - 1
+
 
 class PageArgs(Schema):
     """?page= and ?per_page= of every list."""
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import case, select
 from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.models import Batch, BatchItem, BatchLog
+from app.services import storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import missing_profile_ids
 from app.services.queue_manager import NewBatch, queue_manager
@@ -43,7 +44,7 @@ def create_batch(
 
 def get_batch(batch_id: int) -> Batch:
     """Return a batch or raise NotFound."""
-    batch = db.session.get(Batch, batch_id)
+    batch = db.session.get(Batch, batch_id) if storable_id(batch_id) else None
     if batch is None:
         raise NotFound(f"batch {batch_id} does not exist")
     return batch

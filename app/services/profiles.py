@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import Profile
+from app.services import storable_id
 from app.services.pages import Page, paginate
 
 
@@ -27,7 +28,7 @@ def create_profile(name: str, attributes: dict[str, Any]) -> Profile:
 
 def get_profile(profile_id: int) -> Profile:
     """Return a profile or raise NotFound."""
-    profile = db.session.get(Profile, profile_id)
+    profile = db.session.get(Profile, profile_id) if storable_id(profile_id) else None
     if profile is None:
         raise NotFound(f"profile {profile_id} does not exist")
     return profile
@@ -43,5 +44,6 @@ def list_profiles(page: int, per_page: int, name_filter: str | None = None) -> P
 
 def missing_profile_ids(profile_ids: list[int]) -> list[int]:
     """Return the ids in the list that name no profile."""
-    found = set(db.session.scalars(select(Profile.id).where(Profile.id.in_(profile_ids))))
+    storable = [pid for pid in profile_ids if storable_id(pid)]
+    found = set(db.session.scalars(select(Profile.id).where(Profile.id.in_(storable))))
     return [pid for pid in profile_ids if pid not in found]

@@ -448,7 +448,9 @@ class QueueManager:
 
     @staticmethod
     def _log(batch_id: int, message: str, level: str = "info") -> None:
-        db.session.add(BatchLog(batch_id=batch_id, message=message, level=level))
+        # Stamped now, not at flush: a later statement of the same change may write
+        # its own line with a time taken before this flush, and logs read oldest first.
+        db.session.add(BatchLog(batch_id=batch_id, message=message, level=level, at=utcnow()))
 
 
 queue_manager = QueueManager()

@@ -1,0 +1,161 @@
+"""GET /openapi.json: a valid OpenAPI 3 document describing every path of the contract."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from openapi_spec_validator import validate
+
+from tests.conftest import ApiClient
+
+CONTRACT = [
+    ("post", "/profiles"),
+    ("get", "/profiles"),
+    ("get", "/profiles/{id}"),
+    ("post", "/batches"),
+    ("get", "/batches"),
+    ("get", "/batches/{id}"),
+    ("get", "/batches/{id}/items"),
+    ("get", "/batches/{id}/logs"),
+    ("post", "/batches/{id}/stop"),
+    ("post", "/batches/{id}/cancel"),
+    ("post", "/batches/{id}/move"),
+    ("get", "/queue"),
+    ("post", "/queue/start"),
+    ("get", "/health"),
+    ("get", "/openapi.json"),
+]
+
+
+@pytest.fixture
+def spec(app: Flask) -> dict[str, Any]:
+    response = app.test_client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.is_json
+    return response.get_json()
+
+
+def _operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method, re.sub(r"\{[^}]+\}", "{id}", path))
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def test_openapi_is_a_valid_openapi_3_document(spec: dict[str, Any]) -> None:
+    assert spec["openapi"].startswith("3.")
+    validate(spec)
+
+
+def test_openapi_describes_every_path_of_the_contract(spec: dict[str, Any]) -> None:
+    assert set(CONTRACT) <= _operations(spec)
+
+
+def test_openapi_describes_every_api_route_the_app_serves(
+    spec: dict[str, Any], app: Flask
+) -> None:
+    served = {
+        (method.lower(), re.sub(r"<[^>]+>", "{id}", rule.rule.removeprefix("/api/v1")))
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert served == _operations(spec)
+
+
+def test_openapi_paths_are_relative_to_a_server_under_api_v1(
+    spec: dict[str, Any],
+) -> None:
+    servers = [server["url"] for server in spec.get("servers", [])]
+    assert any(url.rstrip("/").endswith("/api/v1") for url in servers), servers
+
+
+def test_openapi_path_ids_are_integer_parameters(spec: dict[str, Any]) -> None:
+    for path, item in spec["paths"].items():
+        for name in re.findall(r"\{([^}]+)\}", path):
+            parameters = item.get("parameters", []) + [
+                p
+                for op in item.values()
+                if isinstance(op, dict)
+                for p in op.get("parameters", [])
+            ]
+            declared = [
+                p for p in parameters if p.get("in") == "path" and p.get("name") == name
+            ]
+            assert declared and declared[0]["schema"]["type"] == "integer", path
+
+
+def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
+    spec: dict[str, Any],
+) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert any(
+        s["type"] == "http" and s["scheme"].lower() == "bearer"
+        for s in schemes.values()
+    )
+    assert spec["security"]
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    assert spec["paths"]["/openapi.json"]["get"]["security"] == []
+
+
+@pytest.mark.parametrize(
+    "schema, keys",
+    [
+        (
+            "Batch",
+            {
+                "id",
+                "name",
+                "status",
+                "queue_position",
+                "processor",
+                "parameters",
+                "profile_ids",
+                "progress",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "error",
+            },
+        ),
+        ("Profile", {"id", "name", "attributes", "created_at"}),
+        (
+            "Queue",
+            {
+                "paused",
+                "running",
+                "queued_count",
+                "start_enabled",
+                "paused_by",
+                "paused_at",
+            },
+        ),
+        ("Error", {"error"}),
+    ],
+)
+def test_openapi_schemas_name_the_contract_fields(
+    spec: dict[str, Any], schema: str, keys: set[str]
+) -> None:
+    assert set(spec["components"]["schemas"][schema]["properties"]) == keys
+
+
+def test_openapi_batch_creation_documents_201_200_409_and_the_idempotency_key(
+    spec: dict[str, Any],
+) -> None:
+    create = spec["paths"]["/batches"]["post"]
+    assert {"201", "200", "401", "409", "413", "422"} <= set(create["responses"])
+    assert any(
+        p["in"] == "header" and p["name"] == "Idempotency-Key"
+        for p in create["parameters"]
+    )
+
+
+def test_openapi_needs_no_token_and_matches_what_api_clients_see(
+    api: ApiClient, spec: dict[str, Any]
+) -> None:
+    assert api.get("/openapi.json").get_json() == spec
