@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -44,6 +44,15 @@ def http_error(exc: HTTPException) -> Response:
     db.session.rollback()
     code = (exc.name or "error").lower().replace(" ", "_")
     return error_response(exc.code or 500, code, exc.description or exc.name)
+
+
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def routing_error(exc: HTTPException) -> Response | HTTPException:
+    """Unmatched API URLs never reach the blueprint's handlers; answer them in JSON too."""
+    if request.path.startswith(f"{bp.url_prefix}/"):
+        return http_error(exc)
+    return exc
 
 
 @bp.errorhandler(Exception)

@@ -14,12 +14,21 @@ from app.processors.base import ItemFailed, ProfileData, RunContext, StopRequest
 from app.processors.registry import register
 
 
+class Number(fields.Float):
+    """A JSON number only: the string "5" is refused rather than read as 5."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class NoParameters(Schema):
     """noop takes no parameters (unknown keys are refused)."""
 
 
 class SleepParameters(Schema):
-    seconds = fields.Float(required=True, validate=validate.Range(min=0, max=3600))
+    seconds = Number(required=True, allow_nan=False, validate=validate.Range(min=0, max=3600))
     fail_profiles = fields.List(fields.String(), load_default=list)
 
 
@@ -30,7 +39,7 @@ def allowed_hosts() -> tuple[str, ...]:
 
 class HttpParameters(Schema):
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=600))
+    timeout = Number(load_default=10.0, allow_nan=False, validate=validate.Range(min=0.1, max=600))
 
     @validates("url")
     def host_is_allowed(self, value: str, **_: Any) -> None:
