@@ -51,9 +51,12 @@ def _register_extensions(app: Flask, settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from app import live, views
     from app.api import bp as api_bp
 
     app.register_blueprint(api_bp)
+    views.init_app(app)
+    live.init_app(app)
 
 
 def _register_commands(app: Flask) -> None:

@@ -1,0 +1,44 @@
+"""Live updates: Server-Sent Events fed by the per-process Redis subscriber."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app
+
+from app.live.hub import Hub
+
+bp = Blueprint("live", __name__)
+
+# Defaults; tests and deployments may override them in app.config.
+DEFAULTS = {
+    # Streams one web process holds; beyond it the stream answers 503 and the page polls.
+    "LIVE_MAX_STREAMS": 500,
+    # A comment line this often keeps proxies from closing an idle stream.
+    "LIVE_HEARTBEAT_SECONDS": 15.0,
+    # Streams end after this long; the browser reconnects (with Last-Event-ID) at once.
+    "LIVE_STREAM_SECONDS": 300.0,
+}
+
+
+def init_app(app: Flask) -> None:
+    """Register the stream endpoint and this process's hub."""
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value)
+    app.extensions["live_hub"] = Hub(
+        app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"], int(app.config["LIVE_MAX_STREAMS"])
+    )
+    app.register_blueprint(bp)
+
+
+def hub() -> Hub:
+    """Return the current app's hub."""
+    return current_app.extensions["live_hub"]
+
+
+def shutdown_all(app: Flask) -> None:
+    """End the app's open streams (called when the process is asked to stop)."""
+    live_hub = app.extensions.get("live_hub")
+    if live_hub is not None:
+        live_hub.shutdown()
+
+
+from app.live import streams  # noqa: F401

@@ -1,0 +1,74 @@
+"""GET /live/events: one Server-Sent Events stream per browser tab."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, current_app, request
+from flask_login import current_user
+
+from app.extensions import db
+from app.live import bp, hub
+from app.live.hub import CLOSED, Hub, Mailbox
+
+# What the browser waits before reconnecting after a stream ends.
+RETRY_MS = 500
+
+
+def _last_event_id() -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
+
+
+@bp.get("/live/events")
+def events() -> Response:
+    if not current_user.is_authenticated:
+        return Response("sign in first\n", status=401, mimetype="text/plain")
+    live_hub = hub()
+    mailbox = live_hub.open()
+    if mailbox is None:
+        return Response(
+            "too many live streams on this process; poll instead\n",
+            status=503,
+            mimetype="text/plain",
+            headers={"Retry-After": "30"},
+        )
+    last_id = _last_event_id()
+    # The stream holds no database connection while it waits.
+    db.session.remove()
+    config = current_app.config
+    body = _stream(
+        live_hub, mailbox, last_id, float(config["LIVE_HEARTBEAT_SECONDS"]), float(config["LIVE_STREAM_SECONDS"])
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+    return Response(body, mimetype="text/event-stream", headers=headers)
+
+
+def _stream(live_hub: Hub, mailbox: Mailbox, last_id: int | None, heartbeat: float, lifetime: float) -> Iterator[str]:
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        current = live_hub.current_event_id()
+        if last_id is not None and current > last_id:
+            # The page missed hints while it was away: one catch-up makes it re-read.
+            yield _event({"id": current, "kind": "catchup", "batch_id": None})
+        deadline = time.monotonic() + lifetime
+        while (remaining := deadline - time.monotonic()) > 0:
+            hint = mailbox.get(timeout=min(heartbeat, remaining))
+            if hint is CLOSED:
+                return
+            yield ": heartbeat\n\n" if hint is None else _event(hint)
+    finally:
+        live_hub.close(mailbox)
+
+
+def _event(hint: dict[str, Any]) -> str:
+    data = json.dumps({"kind": hint.get("kind"), "batch_id": hint.get("batch_id")})
+    event_id = hint.get("id")
+    prefix = f"id: {event_id}\n" if event_id else ""
+    return f"{prefix}event: batchq\ndata: {data}\n\n"

@@ -1,0 +1,180 @@
+/* batchq pages: live updates and the creation form's helpers (no build step).
+ *
+ * Live updates: one EventSource per tab on /live/events. Each hint ("batch 7
+ * changed") makes the page re-fetch the server-rendered regions marked
+ * data-live-src (htmx swaps them in with a morph, so focus survives). At most
+ * one re-fetch runs at a time; hints that arrive meanwhile fold into one more.
+ * While the stream is down (or refused with 503) the page polls instead.
+ */
+(function () {
+  "use strict";
+
+  var POLL_MS = 2000;       // polling period while the stream is down
+  var RETRY_MS = 15000;     // next stream attempt after the server refused one
+  var ITEM_GAP_MS = 300;    // progress-only hints refresh at most this often
+  var MAX_HINTS = 20;       // more pending hints than this: just refresh everything
+
+  var body = document.body;
+
+  function setState(mode, text) {
+    body.dataset.live = mode;
+    var el = document.getElementById("live-state");
+    if (el) { el.textContent = text; el.dataset.mode = mode; }
+  }
+
+  // --- re-fetching the live regions ------------------------------------------
+
+  var busy = false;
+  var pending = null;     // {all: bool, hints: [], itemOnly: bool}
+  var lastDone = 0;
+  var gapTimer = null;
+
+  function note(hint) {
+    pending = pending || {all: false, hints: [], itemOnly: true};
+    if (!hint) { pending.all = true; pending.itemOnly = false; return; }
+    if (hint.kind !== "item") pending.itemOnly = false;
+    if (pending.hints.length >= MAX_HINTS) pending.all = true; else pending.hints.push(hint);
+  }
+
+  function wants(el, batch) {
+    var mine = el.dataset.liveBatch;
+    if (batch.all || !mine) return true;
+    return batch.hints.some(function (hint) {
+      if (hint.batch_id == null || String(hint.batch_id) === mine) return true;
+      // Another batch's news can move this one's queue position, never its log.
+      return hint.kind !== "item" && !el.dataset.liveAppend;
+    });
+  }
+
+  function fetchRegion(el) {
+    var url = el.dataset.liveSrc;
+    if (el.dataset.liveAppend) {
+      var last = el.lastElementChild;
+      url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + (last ? last.dataset.logId || 0 : 0);
+      return htmx.ajax("GET", url, {target: el, swap: "beforeend"});
+    }
+    return htmx.ajax("GET", url, {target: el, swap: "innerMorph"});
+  }
+
+  // refresh(hint) notes a hint (null: everything) and runs; refresh() only runs what is pending.
+  function refresh(hint) {
+    if (hint !== undefined) note(hint);
+    if (!pending || busy || gapTimer) return;
+    var wait = pending.itemOnly ? lastDone + ITEM_GAP_MS - Date.now() : 0;
+    if (wait > 0) {
+      gapTimer = setTimeout(function () { gapTimer = null; refresh(); }, wait);
+      return;
+    }
+    var batch = pending;
+    pending = null;
+    busy = true;
+    var regions = Array.prototype.filter.call(document.querySelectorAll("[data-live-src]"), function (el) {
+      return wants(el, batch);
+    });
+    Promise.allSettled(regions.map(fetchRegion)).then(function () {
+      busy = false;
+      lastDone = Date.now();
+      if (pending) refresh();
+    });
+  }
+
+  function refreshAll() { refresh(null); }
+
+  // --- the stream and the polling fallback -------------------------------------
+
+  var source = null, pollTimer = null, retryTimer = null;
+  var lastId = body.dataset.lastEventId || "";
+
+  function startPolling() {
+    if (!pollTimer) pollTimer = setInterval(refreshAll, POLL_MS);
+  }
+
+  function stopPolling() {
+    clearInterval(pollTimer);
+    pollTimer = null;
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (!window.EventSource) { setState("polling", "polling"); startPolling(); return; }
+    var url = body.dataset.liveUrl + (lastId ? "?last_event_id=" + encodeURIComponent(lastId) : "");
+    source = new EventSource(url);
+    source.onopen = function () { stopPolling(); setState("sse", "live"); };
+    source.addEventListener("batchq", function (event) {
+      if (event.lastEventId) lastId = event.lastEventId;
+      var hint = null;
+      try { hint = JSON.parse(event.data); } catch (e) { hint = null; }
+      refresh(hint && hint.kind !== "catchup" && hint.kind !== "resync" ? hint : null);
+    });
+    source.onerror = function () {
+      setState("polling", "polling");
+      startPolling();
+      // The browser retries a dropped stream by itself; a refused one (503, 401) it gives up on.
+      if (source && source.readyState === EventSource.CLOSED) {
+        source.close();
+        source = null;
+        retryTimer = setTimeout(connect, RETRY_MS);
+      }
+    };
+  }
+
+  // --- the creation form -------------------------------------------------------
+
+  function initProfilePicker() {
+    var list = document.getElementById("profile-list");
+    if (!list) return;
+    var filter = document.getElementById("profile-filter");
+    var all = document.getElementById("profile-select-all");
+    var count = document.getElementById("profile-count");
+    var items = Array.prototype.slice.call(list.children);
+
+    function visible() { return items.filter(function (li) { return !li.hidden; }); }
+    function update() {
+      var n = list.querySelectorAll("input:checked").length;
+      count.textContent = n + " of " + items.length + " selected";
+      var shown = visible();
+      all.checked = shown.length > 0 && shown.every(function (li) { return li.firstElementChild.firstElementChild.checked; });
+    }
+    filter.addEventListener("input", function () {
+      var q = filter.value.trim().toLowerCase();
+      items.forEach(function (li) { li.hidden = q !== "" && li.dataset.name.indexOf(q) < 0; });
+      update();
+    });
+    filter.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") event.preventDefault();   // filtering, not submitting
+    });
+    all.addEventListener("change", function () {
+      visible().forEach(function (li) { li.firstElementChild.firstElementChild.checked = all.checked; });
+      update();
+    });
+    list.addEventListener("change", update);
+    update();
+  }
+
+  function initProcessorSelect() {
+    var select = document.getElementById("processor");
+    if (!select) return;
+    var help = document.getElementById("processor-help");
+    select.addEventListener("change", function () {
+      document.querySelectorAll("fieldset.params").forEach(function (fs) {
+        var on = fs.dataset.processor === select.value;
+        fs.hidden = !on;
+        fs.disabled = !on;
+      });
+      var option = select.options[select.selectedIndex];
+      if (help && option) help.textContent = option.dataset.description || "";
+    });
+  }
+
+  function initAutosubmit() {
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+      select.addEventListener("change", function () { select.form.requestSubmit(); });
+    });
+  }
+
+  initProfilePicker();
+  initProcessorSelect();
+  initAutosubmit();
+  if (body.dataset.liveUrl) connect();
+})();

@@ -1,0 +1,21 @@
+"""The server-rendered pages: sign-in, the batch table, batch pages, profiles."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_wtf.csrf import generate_csrf
+
+
+def init_app(app: Flask) -> None:
+    """Register the page blueprints, sign-in and the template helpers."""
+    from app.views import auth, batches, filters, profiles
+
+    auth.login_manager.init_app(app)
+    filters.register(app)
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
+    # Every POST form carries this token; each view checks it through a FlaskForm.
+    app.jinja_env.globals["csrf_token"] = generate_csrf
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(batches.bp)
+    app.register_blueprint(profiles.bp)

@@ -1,0 +1,265 @@
+"""The batch table, the creation form, one batch's page, and the table's controls.
+
+Every control calls the queue manager with the signed-in user's name; the
+views never change a status themselves. A control answers an htmx request with
+the refreshed table region and a plain form post with a redirect back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+
+from app import live, processors
+from app.errors import AppError, InvalidInput
+from app.models import BatchStatus
+from app.services import batches, screens
+from app.services.queue_manager import queue_manager
+from app.views.batch_form import (
+    FormState,
+    all_parameter_fields,
+    apply_service_error,
+    read_form,
+)
+
+bp = Blueprint("batches", __name__)
+
+PER_PAGE = 50
+ITEMS_PER_PAGE = 100
+STATUSES = [status.value for status in BatchStatus]
+
+
+@bp.before_request
+@login_required
+def require_sign_in() -> None:
+    # Read the hint counter before the database, so a change landing in between is caught up.
+    g.event_id = live.hub().current_event_id()
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name, type=int)
+    return value if value is not None and value >= 1 else default
+
+
+def _table_args() -> dict[str, Any]:
+    status = request.args.get("status") or None
+    if status not in STATUSES:
+        status = None
+    return {"page": _int_arg("page", 1), "status": status}
+
+
+def _table_context(page: int, status: str | None) -> dict[str, Any]:
+    listing = batches.list_batches(page, PER_PAGE, status)
+    last_page = max(1, -(-listing.total // PER_PAGE))
+    queued_last = queue_manager.get_next_position() - 1
+    return {
+        "listing": listing,
+        "last_page": last_page,
+        "status": status,
+        "statuses": STATUSES,
+        "queue": queue_manager.snapshot(),
+        "queued_last": queued_last,
+        "self_url": url_for("batches.index", page=page if page > 1 else None, status=status),
+        "action_form": FlaskForm(),
+    }
+
+
+@bp.get("/")
+@bp.get("/batches")
+def index() -> ResponseReturnValue:
+    args = _table_args()
+    context = _table_context(args["page"], args["status"])
+    if _is_htmx():
+        return render_template("batches/_table_region.html", **context)
+    return render_template("batches/index.html", **context)
+
+
+def _back_to_table() -> str:
+    """Where a control returns: the table page it was pressed on (this site only)."""
+    target = request.form.get("next") or ""
+    parts = urlsplit(target)
+    if target.startswith("/") and not target.startswith("//") and not parts.netloc:
+        return target
+    return url_for("batches.index")
+
+
+def _after_control() -> ResponseReturnValue:
+    target = _back_to_table()
+    if not _is_htmx():
+        return redirect(target)
+    parts = urlsplit(target)
+    segments = parts.path.strip("/").split("/")
+    if len(segments) == 2 and segments[0] == "batches" and segments[1].isdigit():
+        return _detail_region(int(segments[1]))
+    query = parse_qs(parts.query)
+    status = (query.get("status") or [None])[0]
+    page = (query.get("page") or ["1"])[0]
+    context = _table_context(int(page) if page.isdigit() and int(page) >= 1 else 1, status if status in STATUSES else None)
+    return render_template("batches/_table_region.html", **context)
+
+
+def _control(run: Callable[[], str]) -> ResponseReturnValue:
+    """Check the CSRF token, run one queue change, and report it in a flash message."""
+    if not FlaskForm().validate_on_submit():
+        flash("The form expired; please try again.", "error")
+        return _after_control()
+    try:
+        message = run()
+    except AppError as exc:
+        flash(exc.message, "error")
+    else:
+        flash(message, "success")
+    return _after_control()
+
+
+@bp.post("/batches/<int:batch_id>/stop")
+def stop(batch_id: int) -> ResponseReturnValue:
+    def run() -> str:
+        batch = queue_manager.stop(batch_id, current_user.username)
+        return f"Batch {batch.id} is {batch.status.replace('_', ' ')}; the queue is paused until Start."
+
+    return _control(run)
+
+
+@bp.post("/batches/<int:batch_id>/cancel")
+def cancel(batch_id: int) -> ResponseReturnValue:
+    def run() -> str:
+        batch = queue_manager.cancel(batch_id, current_user.username)
+        return f"Batch {batch.id} was removed from the queue."
+
+    return _control(run)
+
+
+def _move(batch_id: int, step: int) -> ResponseReturnValue:
+    def run() -> str:
+        current = batches.get_batch(batch_id)
+        if current.status != BatchStatus.QUEUED or current.queue_position is None:
+            raise InvalidInput(f"batch {batch_id} is {current.status.replace('_', ' ')}; only queued batches move")
+        batch = queue_manager.move(batch_id, max(1, current.queue_position + step), current_user.username)
+        return f"Batch {batch.id} is now #{batch.queue_position}."
+
+    return _control(run)
+
+
+@bp.post("/batches/<int:batch_id>/move-up")
+def move_up(batch_id: int) -> ResponseReturnValue:
+    return _move(batch_id, -1)
+
+
+@bp.post("/batches/<int:batch_id>/move-down")
+def move_down(batch_id: int) -> ResponseReturnValue:
+    return _move(batch_id, +1)
+
+
+@bp.post("/queue/start")
+def start() -> ResponseReturnValue:
+    def run() -> str:
+        snapshot = queue_manager.start(current_user.username)
+        if snapshot.running is not None:
+            return f"Queue started: batch {snapshot.running.id} is in progress."
+        return "Queue started."
+
+    return _control(run)
+
+
+# --- creation ------------------------------------------------------------------
+
+
+def _render_new(state: FormState, status: int = 200) -> ResponseReturnValue:
+    names = processors.names()
+    if not state.processor and names:
+        state.processor = "noop" if "noop" in names else names[0]
+    context = {
+        "state": state,
+        "profiles": screens.profile_choices(),
+        "processors": [(name, processors.get(name)) for name in names],
+        "param_fields": all_parameter_fields(),
+        "form": FlaskForm(),
+    }
+    return render_template("batches/new.html", **context), status
+
+
+@bp.get("/batches/new")
+def new() -> ResponseReturnValue:
+    return _render_new(FormState())
+
+
+@bp.post("/batches")
+def create() -> ResponseReturnValue:
+    csrf_ok = FlaskForm().validate_on_submit()
+    state, data = read_form(request.form)
+    if not csrf_ok:
+        state.add_error("form", "The form expired; please submit it again.")
+        return _render_new(state, 400)
+    if data is None:
+        return _render_new(state, 422)
+    try:
+        batch, _ = batches.create_batch(data, current_user.username)
+    except InvalidInput as exc:
+        apply_service_error(state, exc)
+        return _render_new(state, 422)
+    if batch.status == BatchStatus.QUEUED and batch.queue_position:
+        message = f"Batch {batch.id} “{batch.name}” queued at #{batch.queue_position}."
+    else:
+        message = f"Batch {batch.id} “{batch.name}” started."
+    flash(message, "success")
+    return redirect(url_for("batches.index"))
+
+
+# --- one batch -------------------------------------------------------------------
+
+
+def _detail_context(batch_id: int) -> dict[str, Any]:
+    try:
+        batch = batches.get_batch(batch_id)
+    except AppError:
+        abort(404)
+    items_page = _int_arg("items_page", 1)
+    items = screens.item_rows(batch_id, items_page, ITEMS_PER_PAGE)
+    return {
+        "batch": batch,
+        "items": items,
+        "items_last_page": max(1, -(-items.total // ITEMS_PER_PAGE)),
+        "queued_last": queue_manager.get_next_position() - 1,
+        "action_form": FlaskForm(),
+        "self_url": url_for("batches.detail", batch_id=batch_id, items_page=items_page if items_page > 1 else None),
+    }
+
+
+def _detail_region(batch_id: int) -> ResponseReturnValue:
+    return render_template("batches/_detail_region.html", **_detail_context(batch_id))
+
+
+@bp.get("/batches/<int:batch_id>")
+def detail(batch_id: int) -> ResponseReturnValue:
+    if _is_htmx():
+        return _detail_region(batch_id)
+    context = _detail_context(batch_id)
+    context["log_lines"] = screens.log_lines(batch_id)
+    return render_template("batches/detail.html", **context)
+
+
+@bp.get("/batches/<int:batch_id>/log")
+def log(batch_id: int) -> ResponseReturnValue:
+    after = request.args.get("after", type=int)
+    lines = screens.log_lines(batch_id, after=after)
+    return render_template("batches/_log_lines.html", log_lines=lines)

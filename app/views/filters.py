@@ -1,0 +1,77 @@
+"""Template helpers: how a status, a queue position, a time and a duration read on the pages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from flask import Flask
+
+from app.models import Batch, BatchStatus
+from app.models._types import utcnow
+
+STATUS_WORDS = {status.value: status.value.replace("_", " ") for status in BatchStatus}
+
+
+def status_word(status: str) -> str:
+    """`in_progress` reads `in progress`."""
+    return STATUS_WORDS.get(status, status)
+
+
+def position_label(batch: Batch) -> str:
+    """The Queue Position cell: #k for queued, In Progress / Stopping for the running one, - otherwise."""
+    if batch.status == BatchStatus.QUEUED and batch.queue_position:
+        return f"#{batch.queue_position}"
+    if batch.status == BatchStatus.IN_PROGRESS:
+        return "In Progress"
+    if batch.status == BatchStatus.STOPPING:
+        return "Stopping"
+    return "-"
+
+
+def short_time(value: datetime | None) -> str:
+    """A UTC time: HH:MM:SS today, with the date otherwise."""
+    if value is None:
+        return "-"
+    if value.date() == utcnow().date():
+        return value.strftime("%H:%M:%S")
+    return value.strftime("%Y-%m-%d %H:%M")
+
+
+def iso(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    """How long between two times (until now when it hasn't ended): 850 ms, 12.3 s, 4m 05s, 2h 03m."""
+    if start is None:
+        return "-"
+    return format_seconds(((end or utcnow()) - start) / timedelta(seconds=1))
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+def register(app: Flask) -> None:
+    """Make the helpers available to every template."""
+    app.jinja_env.filters.update(
+        status_word=status_word,
+        position_label=position_label,
+        short_time=short_time,
+        iso=iso,
+        percent=percent,
+    )
+    app.jinja_env.globals.update(duration=duration, position_label=position_label)

@@ -1,0 +1,115 @@
+"""End-to-end fixtures: the app served by a real threaded server, driven by Debian's Chromium.
+
+No browser is downloaded: Playwright launches /usr/bin/chromium (`apt-get install
+chromium` when it is missing; .ci/run does). The server is the session's app on
+127.0.0.1 with CSRF checks on, as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from app.extensions import db
+from app.live.hub import Hub
+from app.services import accounts
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "correct horse"
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
+
+
+class LiveServer:
+    """The app on a real HTTP server in a thread of this process."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, app: Flask) -> None:
+        hub = app.extensions["live_hub"]
+        hub.shutdown()  # ends the open streams, so the server's threads finish
+        self.server.shutdown()
+        self.server.server_close()
+        # Later tests in this session get a fresh hub (a shut one refuses every stream).
+        app.extensions["live_hub"] = Hub(hub.redis_url, hub.channel, hub.max_streams)
+
+
+@pytest.fixture(scope="session")
+def live_server(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(app)
+
+
+@pytest.fixture(autouse=True)
+def csrf_checks(app: Flask) -> Iterator[None]:
+    """CSRF checks on during each browser test (the session's app runs with them off)."""
+    saved = app.config["WTF_CSRF_ENABLED"]
+    app.config["WTF_CSRF_ENABLED"] = True
+    yield
+    app.config["WTF_CSRF_ENABLED"] = saved
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def user(app: Flask, clean: None) -> str:
+    with app.app_context():
+        accounts.create_user("alice", PASSWORD)
+        db.session.remove()
+    return "alice"
+
+
+def sign_in(page: object, base_url: str, username: str = "alice") -> None:
+    page.goto(f"{base_url}/login")  # type: ignore[attr-defined]
+    page.fill("input[name=username]", username)  # type: ignore[attr-defined]
+    page.fill("input[name=password]", PASSWORD)  # type: ignore[attr-defined]
+    page.click("button[type=submit]")  # type: ignore[attr-defined]
+    page.wait_for_url(f"{base_url}/batches")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def page(browser: object, live_server: LiveServer, user: str) -> Iterator[object]:
+    """A fresh tab at 1280 px, signed in as alice."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)  # type: ignore[attr-defined]
+    context.set_default_timeout(5000)
+    tab = context.new_page()
+    sign_in(tab, live_server.url)
+    try:
+        yield tab
+    finally:
+        context.close()

@@ -1,0 +1,106 @@
+"""Fixtures for the page tests: a signed-in test client and batches in any state.
+
+Batches are written straight into the tables (no queue manager, so no run is
+dispatched and no worker can move them): these tests check what the pages
+show for a state, not how the state is reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.extensions import db
+from app.models import Batch, BatchItem, BatchLog, Profile
+from app.models._types import utcnow
+from app.services import accounts
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def user(app: Flask, clean: None) -> str:
+    with app.app_context():
+        accounts.create_user("alice", PASSWORD)
+        db.session.remove()
+    return "alice"
+
+
+@pytest.fixture
+def client(app: Flask, user: str) -> Iterator[FlaskClient]:
+    """A test client signed in as alice."""
+    with app.test_client() as test_client:
+        response = test_client.post("/login", data={"username": user, "password": PASSWORD})
+        assert response.status_code == 302, response.get_data(as_text=True)
+        yield test_client
+
+
+@pytest.fixture
+def csrf(app: Flask) -> Iterator[None]:
+    """CSRF checks on, as in production (the session app turns them off)."""
+    app.config["WTF_CSRF_ENABLED"] = True
+    yield
+    app.config["WTF_CSRF_ENABLED"] = False
+
+
+class Factory:
+    """Writes profiles and batches in a chosen state, committed."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.count = 0
+
+    def profiles(self, count: int, prefix: str = "p") -> list[int]:
+        with self.app.app_context():
+            rows = [Profile(name=f"{prefix}-{i}", attributes={}) for i in range(count)]
+            db.session.add_all(rows)
+            db.session.commit()
+            ids = [row.id for row in rows]
+            db.session.remove()
+        return ids
+
+    def batch(self, status: str, position: int | None = None, **values: Any) -> int:
+        """Insert a batch with `status` and `position` (and one item per given profile)."""
+        self.count += 1
+        now = utcnow()
+        profile_ids = values.pop("profile_ids", [])
+        with self.app.app_context():
+            batch = Batch(
+                name=values.pop("name", f"batch {self.count}"),
+                status=status,
+                queue_position=position,
+                processor="noop",
+                parameters={},
+                profile_ids=profile_ids,
+                total_items=len(profile_ids),
+                created_at=values.pop("created_at", now - timedelta(seconds=100 - self.count)),
+                created_by="tests",
+                **values,
+            )
+            db.session.add(batch)
+            db.session.flush()
+            for index, profile_id in enumerate(profile_ids):
+                db.session.add(BatchItem(batch_id=batch.id, position=index, profile_id=profile_id))
+            db.session.add(BatchLog(batch_id=batch.id, message=f"created {batch.name}"))
+            db.session.commit()
+            batch_id = batch.id
+            db.session.remove()
+        return batch_id
+
+    def pause(self, by: str = "bob") -> None:
+        with self.app.app_context():
+            db.session.execute(
+                db.text("UPDATE queue_state SET paused = true, paused_by = :by, paused_at = now()"), {"by": by}
+            )
+            db.session.commit()
+            db.session.remove()
+
+
+@pytest.fixture
+def make(app: Flask, clean: None) -> Factory:
+    return Factory(app)

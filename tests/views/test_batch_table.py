@@ -1,0 +1,175 @@
+"""The batch table: positions, the Start button, order, paging, filter."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from bs4 import BeautifulSoup
+from flask.testing import FlaskClient
+
+from tests.conftest import ApiClient
+from tests.views.conftest import Factory
+
+
+def table(client: FlaskClient, path: str = "/batches") -> BeautifulSoup:
+    response = client.get(path)
+    assert response.status_code == 200
+    return BeautifulSoup(response.get_data(as_text=True), "html.parser")
+
+
+def rows(soup: BeautifulSoup) -> list[tuple[int, str, str]]:
+    """(id, status cell, position cell) of each row, in page order."""
+    return [
+        (
+            int(tr["data-batch-id"]),
+            tr.select_one("td.batch-status").get_text(strip=True),
+            tr.select_one("td.queue-position").get_text(strip=True),
+        )
+        for tr in soup.select("#batch-table tr[data-batch-id]")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "position", "shown_status", "shown_position"),
+    [
+        ("queued", 1, "queued", "#1"),
+        ("queued", 7, "queued", "#7"),
+        ("in_progress", 0, "in progress", "In Progress"),
+        ("stopping", 0, "stopping", "Stopping"),
+        ("done", None, "done", "-"),
+        ("failed", None, "failed", "-"),
+        ("stopped", None, "stopped", "-"),
+        ("cancelled", None, "cancelled", "-"),
+    ],
+)
+def test_table_queue_position_cell(
+    client: FlaskClient, make: Factory, status: str, position: int | None, shown_status: str, shown_position: str
+) -> None:
+    batch_id = make.batch(status, position)
+    assert rows(table(client)) == [(batch_id, shown_status, shown_position)]
+
+
+def test_table_orders_running_then_queue_then_newest(client: FlaskClient, make: Factory) -> None:
+    old_done = make.batch("done")
+    queued_2 = make.batch("queued", 2)
+    running = make.batch("in_progress", 0)
+    new_failed = make.batch("failed")
+    queued_1 = make.batch("queued", 1)
+    shown = rows(table(client))
+    assert [row[0] for row in shown] == [running, queued_1, queued_2, new_failed, old_done]
+    assert [row[2] for row in shown] == ["In Progress", "#1", "#2", "-", "-"]
+
+
+def test_table_has_the_columns_and_accessible_headers(client: FlaskClient, make: Factory) -> None:
+    make.batch("queued", 1)
+    soup = table(client)
+    headers = [th.get_text(strip=True) for th in soup.select("#batch-table thead th")]
+    assert headers == [
+        "ID", "Name", "Status", "Queue Position", "Progress", "Created", "Started", "Finished", "Duration", "Actions"
+    ]
+    assert all(th.get("scope") == "col" for th in soup.select("#batch-table thead th"))
+    assert soup.select_one("#batch-table caption") is not None
+
+
+def test_table_progress_shows_succeeded_failed_total(client: FlaskClient, make: Factory) -> None:
+    ids = make.profiles(4)
+    make.batch("in_progress", 0, profile_ids=ids, succeeded_items=2, failed_items=1)
+    cell = table(client).select_one("td.batch-progress")
+    assert cell.select_one("[role=progressbar]")["aria-valuenow"] == "3"
+    assert cell.select_one("[role=progressbar]")["aria-valuemax"] == "4"
+    assert re.sub(r"\s+", "", cell.select_one(".progress-text").get_text()) == "2/1/4"
+
+
+def test_table_row_actions_carry_data_action(client: FlaskClient, make: Factory) -> None:
+    running = make.batch("in_progress", 0)
+    first = make.batch("queued", 1)
+    last = make.batch("queued", 2)
+    done = make.batch("done")
+    soup = table(client)
+
+    def actions(batch_id: int) -> dict[str, bool]:
+        row = soup.select_one(f'tr[data-batch-id="{batch_id}"]')
+        return {b["data-action"]: b.has_attr("disabled") for b in row.select("[data-action]")}
+
+    assert actions(running) == {"stop": False}
+    assert actions(first) == {"move-up": True, "move-down": False, "cancel": False}
+    assert actions(last) == {"move-up": False, "move-down": True, "cancel": False}
+    assert actions(done) == {}
+
+
+def start_button(client: FlaskClient) -> tuple[bool, str | None]:
+    """(disabled, what pressing it does: 'post /queue/start', 'get /batches/new' or None)."""
+    button = table(client).select_one("#start-button")
+    form = button.find_parent("form")
+    action = f"{form.get('method', 'get').lower()} {form['action']}" if form else None
+    return button.has_attr("disabled"), action
+
+
+@pytest.mark.parametrize(
+    ("setup", "disabled", "action"),
+    [
+        ("running", True, None),
+        ("running_and_queued", True, None),
+        ("stopping_paused", True, None),
+        ("paused_with_queue", False, "post /queue/start"),
+        ("paused_empty", False, "post /queue/start"),
+        ("empty", False, "get /batches/new"),
+        ("only_finished", False, "get /batches/new"),
+        ("queued_not_paused_idle", True, None),
+    ],
+)
+def test_start_button_follows_start_enabled(
+    client: FlaskClient, make: Factory, api: ApiClient, setup: str, disabled: bool, action: str | None
+) -> None:
+    if setup in ("running", "running_and_queued"):
+        make.batch("in_progress", 0)
+    if setup == "running_and_queued":
+        make.batch("queued", 1)
+    if setup == "stopping_paused":
+        make.batch("stopping", 0)
+        make.batch("queued", 1)
+        make.pause()
+    if setup in ("paused_with_queue", "paused_empty"):
+        make.pause()
+    if setup in ("paused_with_queue", "queued_not_paused_idle"):
+        make.batch("queued", 1)
+    if setup == "only_finished":
+        make.batch("done")
+    assert api.get("/queue").get_json()["start_enabled"] is not disabled
+    assert start_button(client) == (disabled, action)
+
+
+def test_paused_banner_says_who_stopped_it(client: FlaskClient, make: Factory) -> None:
+    assert table(client).select_one("#queue-banner") is None
+    make.pause(by="bob")
+    banner = table(client).select_one("#queue-banner")
+    assert "Queue paused" in banner.get_text() and "stopped by bob" in banner.get_text()
+
+
+def test_table_is_paginated_and_filtered(client: FlaskClient, make: Factory) -> None:
+    for _ in range(55):
+        make.batch("done")
+    make.batch("failed")
+    first = table(client)
+    assert len(first.select("tr[data-batch-id]")) == 50
+    assert first.select_one("nav.pagination a[rel=next]")["href"] == "/batches?page=2"
+    second = table(client, "/batches?page=2")
+    assert len(second.select("tr[data-batch-id]")) == 6
+    failed = table(client, "/batches?status=failed")
+    assert [row[1] for row in rows(failed)] == ["failed"]
+    assert len(rows(table(client, "/batches?status=bogus"))) == 50
+
+
+def test_table_fragment_for_htmx(client: FlaskClient, make: Factory) -> None:
+    make.batch("queued", 1)
+    response = client.get("/batches", headers={"HX-Request": "true"})
+    html = response.get_data(as_text=True)
+    assert 'id="batch-table"' in html and "<html" not in html and 'id="start-button"' in html
+
+
+def test_table_page_carries_the_live_hooks(client: FlaskClient) -> None:
+    body = table(client).select_one("body")
+    assert body["data-live-url"] == "/live/events"
+    assert body["data-last-event-id"].isdigit()
+    assert table(client).select_one("#table-region")["data-live-src"] == "/batches"
