@@ -116,7 +116,7 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
 def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbeat_timeout: float) -> str:
     claimed = _claim(batch_id, token)
     if claimed is None:
-        return "stale"
+        return _end_if_stopped_before_claim(batch_id, token)
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     error: str | None = None
     try:
@@ -131,6 +131,24 @@ def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbe
     finally:
         watcher.finish()
     return queue_manager.finish_run(batch_id, token, error) or "fenced"
+
+
+def _end_if_stopped_before_claim(batch_id: int, token: str) -> str:
+    """End the batch if a stop came before this run's claim; otherwise the run is stale.
+
+    That stop found the lease taken (by this run before its claim, or by a stale
+    delivery passing through) and left the batch stopping for its run to end.
+    This run owns the batch's token, so that is its job; left alone, the batch
+    would stay stopping until the reconciler's heartbeat timeout.
+    """
+    status = db.session.execute(_OWN_STATUS, {"id": batch_id, "token": token}).scalar()
+    db.session.rollback()
+    if status != BatchStatus.STOPPING:
+        return "stale"
+    return queue_manager.finish_run(batch_id, token) or "stale"
+
+
+_OWN_STATUS = text("SELECT status FROM batches WHERE id = :id AND dispatch_token = :token")
 
 
 @dataclass

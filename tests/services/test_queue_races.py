@@ -1,0 +1,257 @@
+"""Queue controls racing each other and the real worker: every race ends in a consistent queue."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app.errors import Conflict
+from app.extensions import db
+from app.services.queue_manager import NewBatch, queue_manager
+from tests.conftest import ApiClient, queue_violations, run_in_threads, wait_for
+
+pytestmark = pytest.mark.usefixtures("settled")
+
+_MOVED = re.compile(r"moved from #(\d+) to #(\d+) by ")
+
+
+def _client(app: Flask, api: ApiClient) -> ApiClient:
+    """A client of its own, for one thread."""
+    client = ApiClient(app.test_client(), "")
+    client.headers = dict(api.headers)
+    return client
+
+
+def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
+    return api.get(f"/batches/{batch_id}").get_json()
+
+
+def _order(api: ApiClient) -> list[int]:
+    queued = api.get("/batches?status=queued&per_page=500").get_json()["items"]
+    return [b["id"] for b in sorted(queued, key=lambda b: b["queue_position"])]
+
+
+def _no_violations(app: Flask) -> None:
+    with app.app_context():
+        assert queue_violations() == []
+
+
+def _pause(app: Flask) -> None:
+    """Pause the queue as a stop would, without a batch to stop."""
+    with app.app_context():
+        db.session.execute(db.text("UPDATE queue_state SET paused = true, paused_by = 'test', paused_at = now()"))
+        db.session.commit()
+
+
+def _stop_running(api: ApiClient) -> None:
+    running = api.get("/queue").get_json()["running"]
+    if running is not None:
+        assert api.post(f"/batches/{running['id']}/stop").status_code == 200
+        wait_for(lambda: api.get("/queue").get_json()["running"] is None, timeout=3)
+
+
+def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_moving(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    clients = [_client(app, api), _client(app, api)]
+    outcomes: list[str] = []
+    # The stops leave at once (or late); the one-item runs last from "surely
+    # longer than the stop takes" down through the few milliseconds around it.
+    runs = [(seconds, 0.0) for seconds in (0.3, 0.06, 0.045, 0.035, 0.03, 0.025, 0.02, 0.015, 0.01, 0.005, 0.0)]
+    runs += [(0.0, 0.3)]
+    for seconds, delay in runs:
+        target = api.batch(profile_ids, "sleep", name=f"target {seconds} {delay}", seconds=seconds)
+        behind = api.batch(profile_ids, "noop", name=f"behind {seconds} {delay}")
+        assert target["status"] == "in_progress"
+
+        def stop(index: int) -> int:
+            time.sleep(delay)
+            return clients[index].post(f"/batches/{target['id']}/stop").status_code
+
+        codes = sorted(run_in_threads(2, stop))
+        _no_violations(app)
+        ended = wait_for(lambda: (b := _batch(api, target["id"]))["finished_at"] and b, timeout=5)
+        items = api.get(f"/batches/{target['id']}/items").get_json()["items"]
+        assert all(item["status"] in ("succeeded", "pending") for item in items)
+        queue = api.get("/queue").get_json()
+        if codes == [200, 409]:  # the stop won: stopped, paused, nothing promoted
+            outcomes.append("stopped")
+            assert ended["status"] == "stopped", (seconds, delay)
+            assert queue["paused"] is True and queue["paused_by"] == "token:tests"
+            assert queue["running"] is None
+            promote = app.extensions["celery"].send_task("queue.promote_next", queue="control", ignore_result=False)
+            assert promote.get(timeout=10) is None
+            assert _batch(api, behind["id"])["status"] == "queued"
+            assert api.post("/queue/start").status_code == 200
+        else:  # the finish won: both stops refused, the queue moves on by itself
+            outcomes.append("done")
+            assert codes == [409, 409], (seconds, delay, codes)
+            assert ended["status"] == "done" and queue["paused"] is False
+        wait_for(lambda: _batch(api, behind["id"])["status"] == "done", timeout=5)
+        _no_violations(app)
+    assert set(outcomes) == {"stopped", "done"}, outcomes
+
+
+def test_move_and_cancel_racing_promotion_never_start_a_moved_away_or_cancelled_batch(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    _pause(app)
+    for n in range(4):
+        api.batch(profile_ids, "sleep", name=f"seed {n}", seconds=5)
+    clients = [_client(app, api) for _ in range(3)]
+    celery = app.extensions["celery"]
+    for round_ in range(8):
+        head, second = _order(api)[:2]
+        by_task = round_ % 2 == 1
+
+        def act(index: int) -> Any:
+            if index == 0:  # the promotion: Start, or the promotion task after a lost signal
+                if by_task:
+                    return celery.send_task("queue.promote_next", queue="control", ignore_result=False).get(timeout=10)
+                return clients[0].post("/queue/start").status_code
+            if index == 1:
+                return clients[1].post(f"/batches/{head}/move", {"position": 99}).status_code
+            return clients[2].post(f"/batches/{second}/cancel").status_code
+
+        if by_task:  # un-paused, slot free, nobody promoted yet
+            with app.app_context():
+                db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL"))
+                db.session.commit()
+        promoted, moved, cancelled = run_in_threads(3, act)
+        _no_violations(app)
+        running = api.get("/queue").get_json()["running"]
+        assert running is not None and running["status"] == "in_progress"
+        if by_task:
+            assert promoted == running["id"]
+        else:
+            assert promoted == 200
+        # A 409 means the promotion came first and took that very batch.
+        assert (moved == 409) == (running["id"] == head), (moved, running["id"], head)
+        assert (cancelled == 409) == (running["id"] == second), (cancelled, running["id"], second)
+        assert moved in (200, 409) and cancelled in (200, 409)
+        if cancelled == 200:
+            assert _batch(api, second)["status"] == "cancelled"
+        if moved == 200:
+            assert _order(api)[-1] == head
+        started = api.get("/batches?status=in_progress").get_json()["total"]
+        assert started == 1
+        _stop_running(api)  # pauses the queue again for the next round
+        _no_violations(app)
+        for n in range(2):
+            api.batch(profile_ids, "sleep", name=f"refill {round_}.{n}", seconds=5)
+
+
+def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_log(
+    app_ctx: Flask, celery_worker: Any
+) -> None:
+    profile_ids = _profiles(1)
+    _pause(app_ctx)
+    ids = []
+    for n in range(16):
+        batch, _ = queue_manager.enqueue(
+            NewBatch(name=f"b{n}", processor="noop", parameters={}, profile_ids=profile_ids, created_by="test")
+        )
+        ids.append(batch.id)
+    rng = random.Random(20)
+
+    for round_ in range(3):
+        plan = [(rng.choice(ids), rng.random() < 0.25, rng.randint(1, 20)) for _ in range(20)]
+
+        def act(index: int) -> str:
+            batch_id, cancel, position = plan[index]
+            with app_ctx.app_context():
+                try:
+                    if cancel:
+                        queue_manager.cancel(batch_id, f"thread-{round_}-{index}")
+                    else:
+                        queue_manager.move(batch_id, position, f"thread-{round_}-{index}")
+                    return "ok"
+                except Conflict:
+                    return "conflict"
+                finally:
+                    db.session.remove()
+
+        results = run_in_threads(20, act)
+        assert queue_violations() == []
+        # Only cancelled batches refuse: a queued one can always be moved or cancelled.
+        for (batch_id, _, _), result in zip(plan, results):
+            status = db.session.scalar(db.text("SELECT status FROM batches WHERE id = :id"), {"id": batch_id})
+            assert status in ("queued", "cancelled")
+            if result == "conflict":
+                assert status == "cancelled"
+        db.session.rollback()
+
+    # Replaying the log lines in commit order gives the final queue, and every
+    # "moved from #a" names where the batch really was at that moment.
+    order = list(ids)
+    lines = db.session.execute(
+        db.text("SELECT batch_id, message FROM batch_logs WHERE message LIKE 'moved %' OR message LIKE 'cancelled %'"
+                " ORDER BY id")
+    ).all()
+    for line in lines:
+        if line.message.startswith("cancelled"):
+            order.remove(line.batch_id)
+            continue
+        start, target = (int(n) for n in _MOVED.match(line.message).groups())
+        assert order.index(line.batch_id) + 1 == start, line
+        order.remove(line.batch_id)
+        order.insert(target - 1, line.batch_id)
+    queued = db.session.execute(
+        db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_position")
+    ).scalars().all()
+    assert list(queued) == order
+    assert any(line.message.startswith("cancelled") for line in lines)
+    assert sum(line.message.startswith("moved") for line in lines) >= 20
+    assert queue_violations() == []
+
+
+def test_start_pressed_twice_at_once_promotes_exactly_one_batch(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    clients = [_client(app, api), _client(app, api)]
+
+    def start(index: int) -> int:
+        return clients[index].post("/queue/start").status_code
+
+    # Idle and empty: both succeed, and there is nothing to promote.
+    assert run_in_threads(2, start) == [200, 200]
+    assert api.get("/queue").get_json() == {**api.get("/queue").get_json(), "paused": False, "running": None}
+
+    _pause(app)
+    for n in range(3):
+        api.batch(profile_ids, "sleep", name=f"b{n}", seconds=5)
+    for _ in range(3):
+        head = _order(api)[0]
+        assert sorted(run_in_threads(2, start)) == [200, 409]
+        _no_violations(app)
+        queue = api.get("/queue").get_json()
+        assert queue["paused"] is False and queue["running"]["id"] == head
+        assert api.get("/batches?status=in_progress").get_json()["total"] == 1
+        with app.app_context():
+            started = db.session.scalar(
+                db.text("SELECT count(*) FROM batch_logs WHERE batch_id = :id AND message LIKE 'queue started by %'"),
+                {"id": head},
+            )
+            db.session.rollback()
+        assert started == 1
+        _stop_running(api)
+        _no_violations(app)
+    assert _order(api) == []
+
+
+def _profiles(count: int) -> list[int]:
+    rows = db.session.execute(
+        db.text("INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
+                " FROM generate_series(1, :n) g RETURNING id"),
+        {"n": count},
+    ).scalars().all()
+    db.session.commit()
+    return list(rows)

@@ -1,0 +1,332 @@
+"""Queue control through the API with a real worker: stop, Start, move, cancel and their 409s."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from flask import Flask
+from marshmallow import Schema, fields
+
+from app.processors import registry
+from app.processors.base import ProfileData, RunContext
+from tests.conftest import ApiClient, queue_violations, wait_for
+
+pytestmark = pytest.mark.usefixtures("settled")
+
+
+def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
+    return api.get(f"/batches/{batch_id}").get_json()
+
+
+def _items(api: ApiClient, batch_id: int) -> list[dict[str, Any]]:
+    return api.get(f"/batches/{batch_id}/items?per_page=500").get_json()["items"]
+
+
+def _logs(api: ApiClient, batch_id: int) -> list[str]:
+    return [line["message"] for line in api.get(f"/batches/{batch_id}/logs?per_page=500").get_json()["items"]]
+
+
+def _queue(api: ApiClient) -> dict[str, Any]:
+    return api.get("/queue").get_json()
+
+
+def _positions(api: ApiClient, ids: list[int]) -> dict[int, int | None]:
+    return {batch_id: _batch(api, batch_id)["queue_position"] for batch_id in ids}
+
+
+def _order(api: ApiClient) -> list[int]:
+    """Ids of the queued batches, by position."""
+    queued = api.get("/batches?status=queued&per_page=500").get_json()["items"]
+    return [b["id"] for b in sorted(queued, key=lambda b: b["queue_position"])]
+
+
+def _no_violations(app: Flask) -> None:
+    with app.app_context():
+        assert queue_violations() == []
+
+
+def _item_running(api: ApiClient, batch_id: int, index: int) -> bool:
+    return _items(api, batch_id)[index]["status"] == "running"
+
+
+class _SlowToStop:
+    """A processor that notices a stop only after `seconds` of work, so `stopping` is observable."""
+
+    name = "slow_to_stop"
+    description = "Works `seconds` without looking at the stop."
+
+    class schema(Schema):  # noqa: N801  (the Processor protocol names it `schema`)
+        seconds = fields.Float(required=True)
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        time.sleep(float(parameters["seconds"]))
+        return {"slept": parameters["seconds"]}
+
+
+@pytest.fixture
+def slow_to_stop(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register the slow_to_stop processor for this test (the in-process worker shares the registry)."""
+    monkeypatch.setitem(registry._processors, _SlowToStop.name, _SlowToStop())
+    return _SlowToStop.name
+
+
+@pytest.fixture
+def hanging_url() -> Iterator[str]:
+    """A local URL whose response takes 5 s, for the http processor."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+            time.sleep(5)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/slow"
+    server.shutdown()
+    server.server_close()
+
+
+def test_stop_mid_batch_halts_within_a_second_leaves_items_pending_and_pauses_until_start(
+    api: ApiClient, app: Flask, celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.signals
+
+    promotions: list[float] = []
+    publish = workers.signals._publish_promotion
+
+    def spied(sender: Any) -> None:
+        publish(sender)
+        promotions.append(time.monotonic())
+
+    monkeypatch.setattr(workers.signals, "_publish_promotion", spied)
+    profile_ids = api.profiles(5)
+    running = api.batch(profile_ids, "sleep", name="long", seconds=0.5)
+    behind = api.batch(profile_ids[:2], "noop", name="behind")
+    assert (running["status"], behind["status"], behind["queue_position"]) == ("in_progress", "queued", 1)
+
+    wait_for(lambda: _item_running(api, running["id"], 1), timeout=5)
+    time.sleep(0.2)  # well inside item 2's half second
+    response = api.post(f"/batches/{running['id']}/stop")
+    acknowledged_at = time.monotonic()
+    acknowledged = datetime.now(UTC)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "stopping"
+    queue = _queue(api)
+    assert queue["paused"] is True and queue["paused_by"] == "token:tests"
+    assert queue["running"]["id"] == running["id"] and queue["start_enabled"] is False
+    _no_violations(app)
+
+    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=1.5)
+    assert time.monotonic() - acknowledged_at < 1.0
+    stopped = _batch(api, running["id"])
+    assert stopped["queue_position"] is None and stopped["finished_at"] is not None
+    assert stopped["progress"] == {"total": 5, "succeeded": 1, "failed": 0, "pending": 4}
+    items = _items(api, running["id"])
+    assert [i["status"] for i in items] == ["succeeded"] + ["pending"] * 4
+    assert [i["attempts"] for i in items] == [1, 1, 0, 0, 0]  # the interrupted one, then none begun
+    assert items[1]["started_at"] is None and items[1]["finished_at"] is None
+    assert all(datetime.fromisoformat(i["started_at"]) < acknowledged for i in items if i["started_at"])
+    logs = _logs(api, running["id"])
+    assert "stop requested by token:tests" in logs
+    assert "item 2/5 (p-1) interrupted by the stop; left pending" in logs
+    assert logs[-1] == "stopped (4 items left pending)"
+
+    # The run's end chained a promotion; paused, it (and one more) must not start anything.
+    wait_for(lambda: promotions, timeout=5)
+    promote = app.extensions["celery"].send_task("queue.promote_next", queue="control", ignore_result=False)
+    assert promote.get(timeout=10) is None
+    assert (_batch(api, behind["id"])["status"], _batch(api, behind["id"])["queue_position"]) == ("queued", 1)
+    queue = _queue(api)
+    assert queue["paused"] is True and queue["running"] is None and queue["start_enabled"] is True
+    _no_violations(app)
+
+    while_paused = api.batch(profile_ids[:1], "noop", name="while paused")
+    assert (while_paused["status"], while_paused["queue_position"]) == ("queued", 2)
+
+    started = api.post("/queue/start")
+    assert started.status_code == 200, started.get_json()
+    assert started.get_json()["paused"] is False
+    assert started.get_json()["running"]["id"] == behind["id"]
+    assert "queue started by token:tests" in _logs(api, behind["id"])
+    wait_for(lambda: _batch(api, while_paused["id"])["status"] == "done", timeout=10)
+    first, second = _batch(api, behind["id"]), _batch(api, while_paused["id"])
+    assert first["status"] == "done" and first["finished_at"] <= second["started_at"]
+    assert _batch(api, running["id"])["status"] == "stopped"
+    assert _queue(api)["paused"] is False
+    _no_violations(app)
+
+
+def test_stop_interrupts_a_waiting_http_item_within_a_second(
+    api: ApiClient, app: Flask, celery_worker: Any, hanging_url: str
+) -> None:
+    profile_ids = api.profiles(2)
+    batch = api.batch(profile_ids, "http", url=hanging_url, timeout=30)
+    wait_for(lambda: _item_running(api, batch["id"], 0), timeout=5)
+    time.sleep(0.3)
+    assert api.post(f"/batches/{batch['id']}/stop").status_code == 200
+    acknowledged_at = time.monotonic()
+    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=1.5)
+    assert time.monotonic() - acknowledged_at < 1.0
+    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [("pending", 1), ("pending", 0)]
+    _no_violations(app)
+
+
+def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_the_task_halts(
+    api: ApiClient, app: Flask, celery_worker: Any, slow_to_stop: str
+) -> None:
+    profile_ids = api.profiles(3)
+    batch = api.batch(profile_ids, slow_to_stop, seconds=0.8)
+    wait_for(lambda: _item_running(api, batch["id"], 0), timeout=5)
+    assert api.post(f"/batches/{batch['id']}/stop").get_json()["status"] == "stopping"
+
+    # While stopping it still holds the running slot: no Start, no second stop, new work waits.
+    assert api.post("/queue/start").status_code == 409
+    assert api.post(f"/batches/{batch['id']}/stop").status_code == 409
+    newcomer = api.batch(profile_ids[:1], "noop", name="newcomer")
+    assert (newcomer["status"], newcomer["queue_position"]) == ("queued", 1)
+    queue = _queue(api)
+    assert queue["running"]["status"] == "stopping" and queue["start_enabled"] is False
+    assert _batch(api, batch["id"])["status"] == "stopping"
+    _no_violations(app)
+
+    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=3)
+    # The item under way when the stop came finished its work; nothing after it began.
+    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [
+        ("succeeded", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert _batch(api, newcomer["id"])["status"] == "queued"
+    _no_violations(app)
+
+
+def test_stop_between_items_keeps_the_next_item_from_starting_even_before_the_watcher_looks(
+    api: ApiClient, app: Flask, celery_worker: Any, slow_to_stop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import runs
+
+    # The watcher looks once at the start, then not for a minute: only the
+    # batch row lock taken to start each item stands between the stop and item 2.
+    monkeypatch.setattr(runs, "STOP_POLL_SECONDS", 60.0)
+    profile_ids = api.profiles(3)
+    batch = api.batch(profile_ids, slow_to_stop, seconds=0.5)
+    wait_for(lambda: _item_running(api, batch["id"], 0), timeout=5)
+    assert api.post(f"/batches/{batch['id']}/stop").get_json()["status"] == "stopping"
+    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=2)
+    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [
+        ("succeeded", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert _logs(api, batch["id"])[-1] == "stopped (2 items left pending)"
+    _no_violations(app)
+
+
+def test_stop_and_start_refuse_with_409_in_every_forbidden_state(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    assert api.post("/batches/999/stop").status_code == 404
+    running = api.batch(profile_ids, "sleep", name="running", seconds=30)
+    queued = api.batch(profile_ids, "noop", name="queued")
+
+    refused = api.post(f"/batches/{queued['id']}/stop")
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "conflict"
+    assert api.post("/queue/start").status_code == 409
+    assert _batch(api, queued["id"])["status"] == "queued" and _queue(api)["paused"] is False
+
+    assert api.post(f"/batches/{running['id']}/stop").status_code == 200
+    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=2)
+    assert api.post(f"/batches/{running['id']}/stop").status_code == 409  # stopped
+    assert api.post("/queue/start").status_code == 200
+    wait_for(lambda: _batch(api, queued["id"])["status"] == "done", timeout=5)
+    assert api.post(f"/batches/{queued['id']}/stop").status_code == 409  # done
+    assert _batch(api, running["id"])["status"] == "stopped"
+    _no_violations(app)
+
+
+def test_cancel_and_move_refuse_with_409_unless_queued(api: ApiClient, app: Flask, celery_worker: Any) -> None:
+    profile_ids = api.profiles(1)
+    running = api.batch(profile_ids, "sleep", name="running", seconds=30)
+    queued = api.batch(profile_ids, "noop", name="queued")
+    cancelled = api.batch(profile_ids, "noop", name="cancelled")
+    assert api.post(f"/batches/{cancelled['id']}/cancel").status_code == 200
+
+    for batch in (running, cancelled):
+        for action, body in (("cancel", None), ("move", {"position": 1})):
+            response = api.post(f"/batches/{batch['id']}/{action}", body)
+            assert response.status_code == 409, (batch["name"], action)
+            assert response.get_json()["error"]["code"] == "conflict"
+    assert api.post("/batches/999/cancel").status_code == 404
+    assert api.post("/batches/999/move", {"position": 1}).status_code == 404
+    assert _batch(api, running["id"])["status"] == "in_progress"
+    assert _batch(api, cancelled["id"])["status"] == "cancelled"
+    assert _positions(api, [running["id"], queued["id"], cancelled["id"]]) == {
+        running["id"]: 0,
+        queued["id"]: 1,
+        cancelled["id"]: None,
+    }
+    _no_violations(app)
+
+    assert api.post(f"/batches/{running['id']}/stop").status_code == 200
+    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=2)
+    for action, body in (("cancel", None), ("move", {"position": 1})):
+        assert api.post(f"/batches/{running['id']}/{action}", body).status_code == 409  # stopped
+    _no_violations(app)
+
+
+def test_move_to_front_back_past_the_end_and_middle_keeps_positions_gapless(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    api.batch(profile_ids, "sleep", name="running", seconds=30)
+    b1, b2, b3, b4, b5 = (api.batch(profile_ids, "noop", name=f"b{n}")["id"] for n in range(1, 6))
+    assert _order(api) == [b1, b2, b3, b4, b5]
+
+    steps = [
+        (b5, 1, 1, [b5, b1, b2, b3, b4]),  # to the front
+        (b5, 99, 5, [b1, b2, b3, b4, b5]),  # past the end means last
+        (b2, 4, 4, [b1, b3, b4, b2, b5]),  # down into the middle
+        (b2, 2, 2, [b1, b2, b3, b4, b5]),  # up into the middle
+        (b3, 3, 3, [b1, b2, b3, b4, b5]),  # where it already is
+        (b1, 5, 5, [b2, b3, b4, b5, b1]),  # to the back
+    ]
+    for batch_id, position, landed, expected in steps:
+        response = api.post(f"/batches/{batch_id}/move", {"position": position})
+        assert response.status_code == 200, response.get_json()
+        assert (response.get_json()["status"], response.get_json()["queue_position"]) == ("queued", landed)
+        assert _order(api) == expected, (batch_id, position)
+        _no_violations(app)
+    logs = _logs(api, b5)
+    assert "moved from #5 to #1 by token:tests" in logs and "moved from #1 to #5 by token:tests" in logs
+    assert not any(line.startswith("moved") for line in _logs(api, b3))  # moving in place writes nothing
+
+
+def test_cancel_front_back_and_middle_closes_the_gap(api: ApiClient, app: Flask, celery_worker: Any) -> None:
+    profile_ids = api.profiles(1)
+    api.batch(profile_ids, "sleep", name="running", seconds=30)
+    b1, b2, b3, b4, b5 = (api.batch(profile_ids, "noop", name=f"b{n}")["id"] for n in range(1, 6))
+
+    for batch_id, expected in ((b1, [b2, b3, b4, b5]), (b5, [b2, b3, b4]), (b3, [b2, b4])):
+        response = api.post(f"/batches/{batch_id}/cancel")
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        assert (body["status"], body["queue_position"]) == ("cancelled", None) and body["finished_at"]
+        assert _order(api) == expected
+        assert _logs(api, batch_id)[-1] == "cancelled by token:tests"
+        _no_violations(app)
+    assert api.post(f"/batches/{b4}/move", {"position": 1}).get_json()["queue_position"] == 1
+    assert _order(api) == [b4, b2]
+    _no_violations(app)
