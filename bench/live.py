@@ -115,15 +115,16 @@ def seed_screenshot_rows(db: Any) -> None:
         ("quarterly report", "queued", 2, "sleep", 30, 0, 0, "-2 min", None, None),
     ]
     for name, status, position, processor, total, ok, bad, created, started, finished in rows:
+        rank = position * 65536 if status == "queued" else None
         db.session.execute(
             db.text(
-                "INSERT INTO batches (name, status, queue_position, processor, parameters, profile_ids, total_items,"
+                "INSERT INTO batches (name, status, queue_rank, processor, parameters, profile_ids, total_items,"
                 " succeeded_items, failed_items, created_at, started_at, finished_at, created_by, run_attempts)"
                 " VALUES (:name, :status, :position, :processor, '{}', ARRAY(SELECT generate_series(1, :total)),"
                 " :total, :ok, :bad, now() + CAST(:created AS interval),"
                 " now() + CAST(:started AS interval), now() + CAST(:finished AS interval), 'alice', 1)"
             ),
-            {"name": name, "status": status, "position": position, "processor": processor, "total": total,
+            {"name": name, "status": status, "position": rank, "processor": processor, "total": total,
              "ok": ok, "bad": bad, "created": created, "started": started, "finished": finished},
         )
     db.session.commit()
@@ -132,12 +133,12 @@ def seed_screenshot_rows(db: Any) -> None:
 def fill_batches(db: Any, total: int) -> None:
     """Make the table `total` batches long: terminal ones, plus 100 queued behind what is there."""
     existing = db.session.execute(db.text("SELECT count(*) FROM batches")).scalar_one()
-    last = db.session.execute(db.text("SELECT coalesce(max(queue_position), 0) FROM batches WHERE status = 'queued'"))
+    last = db.session.execute(db.text("SELECT coalesce(max(queue_rank), 0) FROM batches"))
     base = last.scalar_one()
     queued = min(100, max(total - existing, 0))
     db.session.execute(
         db.text(
-            "INSERT INTO batches (name, status, queue_position, processor, parameters, profile_ids, total_items,"
+            "INSERT INTO batches (name, status, queue_rank, processor, parameters, profile_ids, total_items,"
             " succeeded_items, failed_items, created_at, started_at, finished_at, created_by, run_attempts)"
             " SELECT 'bulk-' || g, CASE WHEN g % 10 = 0 THEN 'failed' ELSE 'done' END, NULL, 'noop', '{}',"
             " ARRAY[1], 1, CASE WHEN g % 10 = 0 THEN 0 ELSE 1 END, CASE WHEN g % 10 = 0 THEN 1 ELSE 0 END,"
@@ -148,9 +149,9 @@ def fill_batches(db: Any, total: int) -> None:
     )
     db.session.execute(
         db.text(
-            "INSERT INTO batches (name, status, queue_position, processor, parameters, profile_ids, total_items,"
+            "INSERT INTO batches (name, status, queue_rank, processor, parameters, profile_ids, total_items,"
             " succeeded_items, failed_items, created_at, created_by, run_attempts)"
-            " SELECT 'waiting-' || g, 'queued', :base + g, 'noop', '{}', ARRAY[1], 1, 0, 0, now(), 'bench', 0"
+            " SELECT 'waiting-' || g, 'queued', :base + g * 65536, 'noop', '{}', ARRAY[1], 1, 0, 0, now(), 'bench', 0"
             " FROM generate_series(1, :count) g"
         ),
         {"base": base, "count": queued},

@@ -278,20 +278,29 @@ def settled(app: Flask, clean: None) -> Iterator[None]:
 
 
 def queue_violations() -> list[str]:
-    """Check the contract's queue rules against the database; return what is wrong."""
-    rows = db.session.execute(db.text("SELECT id, status, queue_position FROM batches ORDER BY id")).all()
+    """Check the contract's queue rules against the database; return what is wrong.
+
+    Reads the stored ranks and the positions the service derives from them, one
+    batch at a time (the per-row count), in one snapshot.
+    """
+    from app.models import Batch
+
+    db.session.rollback()
+    db.session.execute(db.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    rows = db.session.execute(db.text("SELECT id, status, queue_rank FROM batches ORDER BY id")).all()
+    positions = dict(db.session.execute(db.select(Batch.id, Batch.queue_position)).all())
     db.session.rollback()
     problems = []
     running = [r for r in rows if r.status in ("in_progress", "stopping")]
     if len(running) > 1:
         problems.append(f"{len(running)} running batches: {[r.id for r in running]}")
-    problems += [f"running batch {r.id} at {r.queue_position}" for r in running if r.queue_position != 0]
-    queued = sorted(r.queue_position for r in rows if r.status == "queued")
-    if queued != list(range(1, len(queued) + 1)):
-        problems.append(f"queued positions are {queued}")
+    problems += [f"running batch {r.id} at {positions[r.id]}" for r in running if positions[r.id] != 0]
+    queued = sorted((r for r in rows if r.status == "queued"), key=lambda r: r.queue_rank)
+    if [positions[r.id] for r in queued] != list(range(1, len(queued) + 1)):
+        problems.append(f"queued positions in rank order are {[positions[r.id] for r in queued]}")
     problems += [
-        f"terminal batch {r.id} at {r.queue_position}"
+        f"batch {r.id} ({r.status}) at {positions[r.id]} with rank {r.queue_rank}"
         for r in rows
-        if r.status not in ("queued", "in_progress", "stopping") and r.queue_position is not None
+        if r.status not in ("queued", "in_progress", "stopping") and (positions[r.id], r.queue_rank) != (None, None)
     ]
     return problems

@@ -6,11 +6,13 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import case, func, null, select
+from sqlalchemy.orm import with_expression
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.errors import InvalidInput, NotFound
 from app.extensions import db
-from app.models import Batch, BatchItem, BatchLog
+from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
 from app.services import storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import missing_profile_ids
@@ -51,10 +53,10 @@ def get_batch(batch_id: int) -> Batch:
 
 
 def table_order() -> tuple[Any, ...]:
-    """The running batch first, then the queue by position, then the rest newest first."""
+    """The running batch first, then the queue in order, then the rest newest first."""
     return (
-        case((Batch.queue_position.is_(None), 1), else_=0),
-        Batch.queue_position,
+        case((Batch.status.in_(RUNNING_STATUSES), 0), (Batch.queue_rank.is_not(None), 1), else_=2),
+        Batch.queue_rank,
         Batch.created_at.desc(),
         Batch.id.desc(),
     )
@@ -62,10 +64,32 @@ def table_order() -> tuple[Any, ...]:
 
 def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Batch]:
     """List batches in table order, optionally of one status."""
-    query = select(Batch).order_by(*table_order())
+    query = select(Batch).options(with_expression(Batch.queue_position, null())).order_by(*table_order())
     if status:
         query = query.where(Batch.status == status)
-    return paginate(query, page, per_page)
+    listing = paginate(query, page, per_page)
+    _number_positions(listing.items)
+    return listing
+
+
+def _number_positions(page: list[Batch]) -> None:
+    """Set the queue positions of a page in table order with one count, not one per row.
+
+    The queued batches of a page are consecutive in queue order, so only the
+    first one's position is counted; the rest follow it.
+    """
+    queued = [batch for batch in page if batch.queue_rank is not None]
+    first = (
+        db.session.scalar(select(func.count()).where(Batch.queue_rank < queued[0].queue_rank)) if queued else 0
+    )
+    for batch in page:
+        position = None
+        if batch.status in RUNNING_STATUSES:
+            position = 0
+        elif batch.queue_rank is not None:
+            first += 1
+            position = first
+        set_committed_value(batch, "queue_position", position)
 
 
 def list_items(batch_id: int, page: int, per_page: int) -> Page[BatchItem]:

@@ -8,6 +8,10 @@ batch and a deferred unique constraint refuses a duplicated position.
 
 Side effects (dispatching a run, publishing a live hint) happen only after the
 transaction commits, so a worker never looks for a row it can't see yet.
+
+The queue's order is each queued batch's rank (see app/models/batches.py):
+positions are derived from it, so promoting, cancelling and moving change one
+row, however long the queue.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from app.services import dispatch, events, leases, storable_id
 
 # A lost run is dispatched again this many times before the batch is failed.
 MAX_RUN_ATTEMPTS = 3
+
+# Space between the ranks of consecutive batches: room for 16 moves between the
+# same two neighbours before the queue is renumbered (one statement, rare).
+RANK_GAP = 1 << 16
 
 
 @dataclass
@@ -83,30 +91,42 @@ class _Change:
 _LOCK_QUEUE = text("UPDATE queue_state SET version = version + 1 WHERE id = :id RETURNING paused")
 
 # Promotion in one statement, run under the queue lock so its snapshot is
-# current: if nothing runs, the head (lowest position) becomes in_progress at
-# 0 with a fresh dispatch token, the others move up by one (the unique check on
-# positions is deferred to commit), and the head's log line is written.
+# current: if nothing runs, the head (lowest rank) becomes in_progress with a
+# fresh dispatch token, and its log line is written. The batches behind it
+# move up by themselves: their positions are counted, not stored.
 _PROMOTE_HEAD = text(
     """
     WITH head AS (
         SELECT id FROM batches
-        WHERE status = 'queued'
+        WHERE queue_rank IS NOT NULL
             AND NOT EXISTS (SELECT 1 FROM batches WHERE status IN ('in_progress', 'stopping'))
-        ORDER BY queue_position LIMIT 1
-    ), moved AS (
-        UPDATE batches b SET
-            status = CASE WHEN b.id = head.id THEN 'in_progress' ELSE b.status END,
-            queue_position = CASE WHEN b.id = head.id THEN 0 ELSE b.queue_position - 1 END,
-            started_at = CASE WHEN b.id = head.id THEN :now ELSE b.started_at END,
-            dispatch_token = CASE WHEN b.id = head.id THEN :token ELSE b.dispatch_token END,
-            heartbeat_at = CASE WHEN b.id = head.id THEN :now ELSE b.heartbeat_at END
+        ORDER BY queue_rank LIMIT 1
+    ), promoted AS (
+        UPDATE batches b SET status = 'in_progress', queue_rank = NULL, started_at = :now,
+            dispatch_token = :token, heartbeat_at = :now
         FROM head
-        WHERE b.status = 'queued'
-        RETURNING b.id, b.status
+        WHERE b.id = head.id
+        RETURNING b.id
     )
     INSERT INTO batch_logs (batch_id, at, level, message)
-    SELECT id, :now, 'info', 'started' FROM moved WHERE status = 'in_progress'
+    SELECT id, :now, 'info', 'started' FROM promoted
     RETURNING batch_id
+    """
+)
+
+# The ranks of the two queued batches (other than the one moving) around a place.
+_NEIGHBOUR_RANKS = text(
+    "SELECT queue_rank FROM batches WHERE queue_rank IS NOT NULL AND id <> :id"
+    " ORDER BY queue_rank OFFSET :skip LIMIT 2"
+)
+
+# Spread the ranks out again when two neighbours leave no room between them.
+_RENUMBER = text(
+    """
+    UPDATE batches b SET queue_rank = ordered.place * :gap
+    FROM (SELECT id, row_number() OVER (ORDER BY queue_rank) AS place
+          FROM batches WHERE queue_rank IS NOT NULL) ordered
+    WHERE b.id = ordered.id
     """
 )
 
@@ -118,7 +138,7 @@ _LOCK_RUN = text(
 _END_RUN = text(
     """
     WITH ended AS (
-        UPDATE batches SET status = :status, error = :error, queue_position = NULL, finished_at = :now
+        UPDATE batches SET status = :status, error = :error, finished_at = :now
         WHERE id = :id RETURNING id
     )
     INSERT INTO batch_logs (batch_id, at, level, message) SELECT id, :now, :level, :message FROM ended
@@ -143,24 +163,22 @@ class QueueManager:
     @staticmethod
     def get_next_position() -> int:
         """Return the position a batch joining the end of the queue gets."""
-        last = db.session.scalar(
-            select(func.max(Batch.queue_position)).where(Batch.status == BatchStatus.QUEUED)
-        )
-        return (last or 0) + 1
+        return QueueManager._queued_count() + 1
+
+    @staticmethod
+    def _queued_count() -> int:
+        return db.session.scalar(select(func.count()).where(Batch.queue_rank.is_not(None))) or 0
 
     @classmethod
     def snapshot(cls) -> QueueSnapshot:
         """Read the queue's state as GET /queue shows it."""
         state = db.session.get(QueueState, QUEUE_STATE_ID) or QueueState(paused=False)
-        queued = db.session.scalar(
-            select(func.count()).select_from(Batch).where(Batch.status == BatchStatus.QUEUED)
-        )
         return QueueSnapshot(
             paused=bool(state.paused),
             paused_by=state.paused_by,
             paused_at=state.paused_at,
             running=cls.get_running_batch(),
-            queued_count=queued or 0,
+            queued_count=cls._queued_count(),
         )
 
     # --- changes -------------------------------------------------------------
@@ -201,7 +219,7 @@ class QueueManager:
             batch = Batch(
                 name=new.name,
                 status=BatchStatus.QUEUED.value,
-                queue_position=self.get_next_position(),
+                queue_rank=self._last_rank() + RANK_GAP,
                 processor=new.processor,
                 parameters=new.parameters,
                 profile_ids=new.profile_ids,
@@ -272,12 +290,9 @@ class QueueManager:
             batch = self._locked_batch(batch_id)
             if batch.status != BatchStatus.QUEUED:
                 raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be cancelled")
-            old_position = batch.queue_position
             batch.status = BatchStatus.CANCELLED.value
-            batch.queue_position = None
+            batch.queue_rank = None
             batch.finished_at = utcnow()
-            db.session.flush()
-            self._shift(after=old_position, by=-1)
             self._log(batch.id, f"cancelled by {actor}")
             change.publish("cancelled", batch.id)
         return batch
@@ -288,16 +303,10 @@ class QueueManager:
             batch = self._locked_batch(batch_id)
             if batch.status != BatchStatus.QUEUED:
                 raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be moved")
-            last = self.get_next_position() - 1
-            target = max(1, min(position, last))
             current = batch.queue_position
-            if target < current:
-                self._shift(after=target - 1, upto=current - 1, by=+1)
-            elif target > current:
-                self._shift(after=current, upto=target, by=-1)
-            db.session.execute(update(Batch).where(Batch.id == batch.id).values(queue_position=target))
-            db.session.refresh(batch)
+            target = max(1, min(position, self._queued_count()))
             if target != current:
+                batch.queue_rank = self._rank_for(batch.id, target)
                 self._log(batch.id, f"moved from #{current} to #{target} by {actor}")
                 change.publish("moved", batch.id)
         return batch
@@ -434,17 +443,24 @@ class QueueManager:
         return batch
 
     @staticmethod
-    def _shift(after: int | None, by: int, upto: int | None = None) -> None:
-        """Move the queued positions in (after, upto] by one; the unique check waits for commit."""
-        if after is None:
-            return
-        condition = [Batch.status == BatchStatus.QUEUED, Batch.queue_position > after]
-        if upto is not None:
-            condition.append(Batch.queue_position <= upto)
-        db.session.execute(
-            update(Batch).where(*condition).values(queue_position=Batch.queue_position + by),
-            execution_options={"synchronize_session": False},
-        )
+    def _last_rank() -> int:
+        return db.session.scalar(select(func.max(Batch.queue_rank))) or 0
+
+    @staticmethod
+    def _rank_for(batch_id: int, target: int) -> int:
+        """A free rank that puts the batch at `target` among the other queued batches."""
+        for _ in range(2):
+            skip = max(target - 2, 0)
+            ranks = list(db.session.scalars(_NEIGHBOUR_RANKS, {"id": batch_id, "skip": skip}))
+            if target == 1:
+                return ranks[0] - RANK_GAP
+            before, after = ranks[0], ranks[1] if len(ranks) > 1 else None
+            if after is None:
+                return before + RANK_GAP
+            if after - before > 1:
+                return before + (after - before) // 2
+            db.session.execute(_RENUMBER, {"gap": RANK_GAP})
+        raise RuntimeError("no free rank after renumbering the queue")
 
     @staticmethod
     def _log(batch_id: int, message: str, level: str = "info") -> None:

@@ -31,7 +31,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('queue_position', sa.Integer(), nullable=True),
+    sa.Column('queue_rank', sa.BigInteger(), nullable=True),
     sa.Column('processor', sa.String(length=100), nullable=False),
     sa.Column('parameters', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('profile_ids', postgresql.ARRAY(sa.Integer()), nullable=False),
@@ -50,14 +50,14 @@ def upgrade():
     sa.Column('run_attempts', sa.Integer(), nullable=False),
     sa.Column('stop_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('stop_requested_by', sa.String(length=200), nullable=True),
-    sa.CheckConstraint("(status IN ('in_progress', 'stopping') AND queue_position = 0) OR (status = 'queued' AND queue_position >= 1) OR (status IN ('done', 'failed', 'stopped', 'cancelled') AND queue_position IS NULL)", name='batch_position_matches_status'),
+    sa.CheckConstraint("(status = 'queued') = (queue_rank IS NOT NULL)", name='batch_rank_matches_status'),
     sa.CheckConstraint("status IN ('queued', 'in_progress', 'stopping', 'done', 'failed', 'stopped', 'cancelled')", name='batch_status_known'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key'),
-    sa.UniqueConstraint('queue_position', deferrable=True, initially='DEFERRED', name='batch_position_unique')
+    sa.UniqueConstraint('queue_rank', deferrable=True, initially='DEFERRED', name='batch_rank_unique')
     )
     with op.batch_alter_table('batches', schema=None) as batch_op:
-        batch_op.create_index('batch_finished_order', [sa.literal_column('created_at DESC')], unique=False, postgresql_where=sa.text('queue_position IS NULL'))
+        batch_op.create_index('batch_finished_order', [sa.literal_column('created_at DESC')], unique=False, postgresql_where=sa.text('queue_rank IS NULL'))
         batch_op.create_index('batch_one_running', [sa.literal_column('(true)')], unique=True, postgresql_where=sa.text("status IN ('in_progress', 'stopping')"))
         batch_op.create_index('batch_status', ['status'], unique=False)
 
@@ -139,7 +139,7 @@ def downgrade():
     with op.batch_alter_table('batches', schema=None) as batch_op:
         batch_op.drop_index('batch_status')
         batch_op.drop_index('batch_one_running', postgresql_where=sa.text("status IN ('in_progress', 'stopping')"))
-        batch_op.drop_index('batch_finished_order', postgresql_where=sa.text('queue_position IS NULL'))
+        batch_op.drop_index('batch_finished_order', postgresql_where=sa.text('queue_rank IS NULL'))
 
     op.drop_table('batches')
     op.drop_table('api_tokens')

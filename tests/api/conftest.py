@@ -59,7 +59,7 @@ def counts(app: Flask) -> Iterator[Any]:
                     " (SELECT count(*) FROM batch_items) AS batch_items,"
                     " (SELECT count(*) FROM profiles) AS profiles,"
                     " (SELECT count(*) FROM batch_logs) AS batch_logs,"
-                    " (SELECT string_agg(id || ':' || status || ':' || coalesce(queue_position, -1), ','"
+                    " (SELECT string_agg(id || ':' || status || ':' || coalesce(queue_rank, -1), ','"
                     "   ORDER BY id) FROM batches) AS positions"
                 )
             ).one()

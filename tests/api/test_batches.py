@@ -42,7 +42,7 @@ def _finish(app: Flask, batch_id: int, status: str) -> None:
     """Put a batch in a terminal status directly (test setup: no worker runs in these tests)."""
     _sql(
         app,
-        "UPDATE batches SET status = :status, queue_position = NULL, finished_at = now() WHERE id = :id",
+        "UPDATE batches SET status = :status, queue_rank = NULL, finished_at = now() WHERE id = :id",
         status=status,
         id=batch_id,
     )

@@ -87,7 +87,7 @@ def test_start_button_states(page: Page, app: Flask, api: ApiClient) -> None:
     # A batch runs: disabled.
     with app.app_context():
         db.session.execute(
-            db.text("UPDATE batches SET status = 'in_progress', queue_position = 0 WHERE id = :id"), {"id": queued}
+            db.text("UPDATE batches SET status = 'in_progress', queue_rank = NULL WHERE id = :id"), {"id": queued}
         )
         db.session.commit()
         events.publish("promoted", queued)

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from app.config import Settings
 from app.extensions import db
+from app.models import Batch
 from app.services import dispatch, leases
 from app.services.queue_manager import MAX_RUN_ATTEMPTS, NewBatch, queue_manager
 from tests.conftest import SESSION_TAG, ApiClient, held_leases, queue_violations, wait_for
@@ -69,7 +70,9 @@ def lease(app: Flask) -> Iterator[Any]:
 
 def _row(app: Flask, batch_id: int) -> Any:
     with app.app_context():
-        row = db.session.execute(db.text("SELECT * FROM batches WHERE id = :id"), {"id": batch_id}).one()
+        row = db.session.execute(
+            db.select(Batch.__table__, Batch.queue_position.label("queue_position")).where(Batch.id == batch_id)
+        ).one()
         db.session.rollback()
         return row
 

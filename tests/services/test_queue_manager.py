@@ -45,7 +45,7 @@ def test_enqueue_50_concurrent_creations_give_one_running_and_positions_1_to_49(
 ) -> None:
     profile_ids = _profiles(2)
     ids = run_in_threads(50, lambda i: _enqueue(app_ctx, profile_ids, f"b{i}"))
-    rows = db.session.execute(db.text("SELECT status, queue_position FROM batches")).all()
+    rows = db.session.execute(db.select(Batch.status, Batch.queue_position)).all()
     assert sorted(r.status for r in rows).count("in_progress") == 1
     assert sorted(r.queue_position for r in rows if r.status == "queued") == list(range(1, 50))
     assert len(set(ids)) == 50
@@ -89,18 +89,32 @@ def test_database_refuses_a_second_running_batch(app_ctx: Flask, sent: list[Any]
     profile_ids = _profiles(1)
     _enqueue(app_ctx, profile_ids)
     second = _enqueue(app_ctx, profile_ids)
-    with pytest.raises(Exception, match="batch_one_running|batch_position_unique"):
+    with pytest.raises(Exception, match="batch_one_running"):
         db.session.execute(
-            db.text("UPDATE batches SET status = 'in_progress', queue_position = 0 WHERE id = :id"), {"id": second}
+            db.text("UPDATE batches SET status = 'in_progress', queue_rank = NULL WHERE id = :id"), {"id": second}
         )
         db.session.commit()
     db.session.rollback()
 
 
-def test_database_refuses_a_status_that_disagrees_with_its_position(app_ctx: Flask, sent: list[Any]) -> None:
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        ("UPDATE batches SET status = 'done' WHERE id = :queued", "batch_rank_matches_status"),
+        ("UPDATE batches SET queue_rank = NULL WHERE id = :queued", "batch_rank_matches_status"),
+        ("UPDATE batches SET queue_rank = 7 WHERE id = :running", "batch_rank_matches_status"),
+        ("UPDATE batches SET queue_rank = (SELECT max(queue_rank) FROM batches) WHERE id = :queued", "batch_rank_unique"),
+    ],
+)
+def test_database_refuses_a_rank_that_disagrees_with_the_status_or_repeats(
+    app_ctx: Flask, sent: list[Any], statement: str, constraint: str
+) -> None:
     profile_ids = _profiles(1)
-    first = _enqueue(app_ctx, profile_ids)
-    with pytest.raises(Exception, match="batch_position_matches_status"):
-        db.session.execute(db.text("UPDATE batches SET status = 'done' WHERE id = :id"), {"id": first})
+    running = _enqueue(app_ctx, profile_ids)
+    queued = _enqueue(app_ctx, profile_ids)
+    _enqueue(app_ctx, profile_ids)
+    with pytest.raises(Exception, match=constraint):
+        db.session.execute(db.text(statement), {"queued": queued, "running": running})
         db.session.commit()
     db.session.rollback()
+    assert queue_violations() == []

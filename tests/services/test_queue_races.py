@@ -204,7 +204,7 @@ def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_
         order.remove(line.batch_id)
         order.insert(target - 1, line.batch_id)
     queued = db.session.execute(
-        db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_position")
+        db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_rank")
     ).scalars().all()
     assert list(queued) == order
     assert any(line.message.startswith("cancelled") for line in lines)

@@ -73,7 +73,7 @@ class Factory:
             batch = Batch(
                 name=values.pop("name", f"batch {self.count}"),
                 status=status,
-                queue_position=position,
+                queue_rank=position * 1000 if status == "queued" and position is not None else None,
                 processor="noop",
                 parameters={},
                 profile_ids=profile_ids,
