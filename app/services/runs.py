@@ -58,8 +58,11 @@ class Watcher(threading.Thread):
         self._finished = threading.Event()
 
     def run(self) -> None:
-        last_beat = 0.0
-        while not self._finished.is_set():
+        # The claim has just stamped the heartbeat and seen the batch in
+        # progress: the first look waits a round instead of competing with the
+        # first item for the database at the busiest moment of the handoff.
+        last_beat = time.monotonic()
+        while not self._finished.wait(STOP_POLL_SECONDS):
             try:
                 now = time.monotonic()
                 if now - last_beat >= self.heartbeat_every:
@@ -75,7 +78,6 @@ class Watcher(threading.Thread):
                     self.stop_seen.set()
             except Exception:  # a blip must not kill the watcher; the next round retries
                 log.warning("watcher of batch %s could not reach the database", self.batch_id, exc_info=True)
-            self._finished.wait(STOP_POLL_SECONDS)
 
     def finish(self) -> None:
         self._finished.set()
@@ -163,7 +165,10 @@ class Claimed:
     first_started: bool
 
 
-# Taking over the batch: only while it is in progress under this run's token.
+# Taking over the batch, in one statement because it lies between one batch's
+# end and the next one's first item: only while the batch is in progress under
+# this run's token, it bumps the attempt, logs the start, reads the items left
+# and marks the first of them running.
 _CLAIM = text(
     """
     WITH own AS (
@@ -175,15 +180,21 @@ _CLAIM = text(
         SELECT id, :now, 'info', 'run began on ' || :host
             || CASE WHEN run_attempts > 1 THEN ' (attempt ' || run_attempts || ')' ELSE '' END
         FROM own
+    ), pending AS (
+        SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes
+        FROM batch_items i JOIN profiles p ON p.id = i.profile_id
+        WHERE i.batch_id IN (SELECT id FROM own) AND i.status = 'pending'
+    ), first_started AS (
+        UPDATE batch_items SET status = 'running', attempts = attempts + 1, started_at = :now, error = NULL
+        WHERE id = (SELECT id FROM pending ORDER BY position LIMIT 1)
+        RETURNING id
     )
-    SELECT processor, parameters, total_items FROM own
+    SELECT own.processor, own.parameters, own.total_items,
+        (SELECT json_agg(json_build_array(id, position, profile_id, name, attributes) ORDER BY position)
+         FROM pending) AS items,
+        EXISTS (SELECT 1 FROM first_started) AS first_started
+    FROM own
     """
-)
-
-_PENDING_ITEMS = text(
-    "SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes"
-    " FROM batch_items i JOIN profiles p ON p.id = i.profile_id"
-    " WHERE i.batch_id = :id AND i.status = 'pending' ORDER BY i.position"
 )
 
 # An item starts only while its run owns the batch and no stop has come: the
@@ -224,19 +235,17 @@ _FINISH_ITEM = text(
 
 
 def _claim(batch_id: int, token: str) -> Claimed | None:
-    """Take over the batch, read what is left to do, and start its first item, in one transaction."""
-    now = utcnow()
-    row = db.session.execute(_CLAIM, {"id": batch_id, "token": token, "now": now, "host": socket.gethostname()}).one_or_none()
+    """Take over the batch, read what is left to do, and start its first item."""
+    parameters = {"id": batch_id, "token": token, "now": utcnow(), "host": socket.gethostname()}
+    row = db.session.execute(_CLAIM, parameters).one_or_none()
+    db.session.commit()
     if row is None:
-        db.session.rollback()
         return None
     items = [
-        PendingItem(r.id, r.position, ProfileData(r.profile_id, r.name, r.attributes or {}))
-        for r in db.session.execute(_PENDING_ITEMS, {"id": batch_id})
+        PendingItem(item_id, position, ProfileData(profile_id, name, attributes or {}))
+        for item_id, position, profile_id, name, attributes in row.items or []
     ]
-    first_started = bool(items) and _start_item(batch_id, token, items[0].id, commit=False)
-    db.session.commit()
-    return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, first_started)
+    return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
 
 
 def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> str | None:
@@ -278,13 +287,12 @@ def _process(processor: processors.Processor, item: PendingItem, parameters: dic
     return Outcome(ItemStatus.SUCCEEDED, result=result)
 
 
-def _start_item(batch_id: int, token: str, item_id: int, commit: bool = True) -> bool:
+def _start_item(batch_id: int, token: str, item_id: int) -> bool:
     """Mark the item running unless a stop (or a newer run) came first."""
     started = db.session.execute(
         _START_ITEM, {"batch_id": batch_id, "token": token, "item_id": item_id, "now": utcnow()}
     ).scalar()
-    if commit:
-        db.session.commit()
+    db.session.commit()
     return started is not None
 
 
