@@ -14,6 +14,7 @@ It works in a database of its own (batchq_bench) and Redis database 14.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -71,8 +72,18 @@ def prepare_database(server_url: str, name: str = BENCH_DB) -> str:
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=WARNING",
-        "-Q", "batches,control", "--concurrency=3", "--include=bench.baseline", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--loglevel=WARNING",
+        "-Q",
+        "batches,control",
+        "--concurrency=3",
+        "--include=bench.baseline",
+        "--without-mingle",
         "--without-gossip",
     ]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -102,7 +113,7 @@ def measure_baseline(env: dict[str, str], count: int) -> list[float]:
         time.sleep(0.05)
     marks = [tuple(map(float, item.split(b","))) for item in client.lrange("bench:baseline", 0, -1)]
     marks.sort()
-    return [(start_next - end_prev) * 1000 for (_, end_prev), (start_next, _) in zip(marks, marks[1:])]
+    return [(start_next - end_prev) * 1000 for (_, end_prev), (start_next, _) in itertools.pairwise(marks)]
 
 
 @dataclass
@@ -154,7 +165,7 @@ def measure_handoff(env: dict[str, str], count: int) -> Handoff:
                 " GROUP BY b.id ORDER BY min(i.started_at)"
             )
         ).all()
-    pairs = list(zip(rows, rows[1:]))
+    pairs = list(itertools.pairwise(rows))
 
     def ms(later: Any, earlier: Any) -> float:
         return (later - earlier).total_seconds() * 1000
@@ -185,7 +196,10 @@ def main() -> None:
         "BATCHQ_EVENTS_CHANNEL": "batchq-bench:events",
     }
     subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
         capture_output=True,
     )
     worker = start_worker(env)

@@ -37,8 +37,12 @@ BENCH_REDIS_DB = 13
 CHANNEL = "batchq-bench-live:events"
 USER, PASSWORD = "bench", "bench-password"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 # Resolves with the wall-clock time (ms) at which the selector's text first equals `text`.
@@ -80,10 +84,19 @@ def prepare_database(server_url: str) -> str:
 
 
 def start_web(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--access-logfile", "/dev/null",
-               "wsgi:app"]
-    process = subprocess.Popen(command, cwd=ROOT, env={**env, "PORT": str(port)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "gunicorn.conf.py",
+        "--access-logfile",
+        "/dev/null",
+        "wsgi:app",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**env, "PORT": str(port)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -105,8 +118,12 @@ def signed_in_session(url: str) -> requests.Session:
 
 def seed_screenshot_rows(db: Any) -> None:
     """A small, realistic table for the README picture (states written directly: no worker runs here)."""
-    db.session.execute(db.text("INSERT INTO profiles (name, attributes, created_at) "
-                               "SELECT 'customer-' || g, '{}', now() FROM generate_series(1, 40) g"))
+    db.session.execute(
+        db.text(
+            "INSERT INTO profiles (name, attributes, created_at) "
+            "SELECT 'customer-' || g, '{}', now() FROM generate_series(1, 40) g"
+        )
+    )
     rows = [
         ("monthly invoices", "failed", None, "sleep", 40, 37, 3, "-50 min", "-48 min", "-41 min"),
         ("address cleanup", "done", None, "http", 25, 25, 0, "-30 min", "-29 min", "-27 min"),
@@ -124,8 +141,18 @@ def seed_screenshot_rows(db: Any) -> None:
                 " :total, :ok, :bad, now() + CAST(:created AS interval),"
                 " now() + CAST(:started AS interval), now() + CAST(:finished AS interval), 'alice', 1)"
             ),
-            {"name": name, "status": status, "position": rank, "processor": processor, "total": total,
-             "ok": ok, "bad": bad, "created": created, "started": started, "finished": finished},
+            {
+                "name": name,
+                "status": status,
+                "position": rank,
+                "processor": processor,
+                "total": total,
+                "ok": ok,
+                "bad": bad,
+                "created": created,
+                "started": started,
+                "finished": finished,
+            },
         )
     db.session.commit()
 
@@ -142,7 +169,8 @@ def fill_batches(db: Any, total: int) -> None:
             " succeeded_items, failed_items, created_at, started_at, finished_at, created_by, run_attempts)"
             " SELECT 'bulk-' || g, CASE WHEN g % 10 = 0 THEN 'failed' ELSE 'done' END, NULL, 'noop', '{}',"
             " ARRAY[1], 1, CASE WHEN g % 10 = 0 THEN 0 ELSE 1 END, CASE WHEN g % 10 = 0 THEN 1 ELSE 0 END,"
-            " now() - g * interval '1 minute', now() - g * interval '1 minute', now() - g * interval '1 minute', 'bench', 1"
+            " now() - g * interval '1 minute', now() - g * interval '1 minute',"
+            " now() - g * interval '1 minute', 'bench', 1"
             " FROM generate_series(1, :count) g"
         ),
         {"count": max(total - existing - queued, 0)},
@@ -161,7 +189,9 @@ def fill_batches(db: Any, total: int) -> None:
     db.session.commit()
 
 
-def time_requests(session: requests.Session, url: str, count: int, headers: dict[str, str] | None = None) -> list[float]:
+def time_requests(
+    session: requests.Session, url: str, count: int, headers: dict[str, str] | None = None
+) -> list[float]:
     session.get(url, headers=headers)  # warm
     timings = []
     for _ in range(count):
@@ -224,10 +254,16 @@ def main() -> None:
         "BATCHQ_EVENTS_CHANNEL": CHANNEL,
         "SECRET_KEY": "bench-live",
     }
-    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BATCHQ_EVENTS_CHANNEL",
-                                           "SECRET_KEY")})
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    os.environ.update(
+        {k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BATCHQ_EVENTS_CHANNEL", "SECRET_KEY")}
+    )
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
@@ -243,8 +279,12 @@ def main() -> None:
         accounts.create_user(USER, PASSWORD)
         seed_screenshot_rows(db)
         # Paused: the measured batches are queued and cancelled, never dispatched (no worker runs here).
-        db.session.execute(db.text("INSERT INTO queue_state (id, paused, paused_by, version) VALUES (1, true, 'bench', 0)"
-                                   " ON CONFLICT (id) DO UPDATE SET paused = true"))
+        db.session.execute(
+            db.text(
+                "INSERT INTO queue_state (id, paused, paused_by, version) VALUES (1, true, 'bench', 0)"
+                " ON CONFLICT (id) DO UPDATE SET paused = true"
+            )
+        )
         db.session.commit()
 
     from playwright.sync_api import sync_playwright

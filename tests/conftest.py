@@ -123,7 +123,7 @@ def celery_worker(app: Flask) -> Iterator[Any]:
     """A real Celery worker in this process, consuming the batch and control queues."""
     from celery.contrib.testing.worker import start_worker
 
-    import tasks.batches  # noqa: F401  (registers batches.run)
+    import tasks.batches
     import tasks.queue  # noqa: F401  (registers queue.*)
     import workers.signals  # noqa: F401  (the promotion chain)
 
@@ -145,9 +145,7 @@ def clean(app: Flask) -> Iterator[None]:
     """Empty tables and an un-paused queue before the test; committed for real."""
     with app.app_context():
         db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        db.session.execute(
-            db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL")
-        )
+        db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
         db.session.commit()
         db.session.remove()
     yield
@@ -180,9 +178,7 @@ class ApiClient:
         return self.client.get(f"/api/v1{path}", headers=self.headers | kwargs.pop("headers", {}), **kwargs)
 
     def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
-        return self.client.post(
-            f"/api/v1{path}", json=json, headers=self.headers | kwargs.pop("headers", {}), **kwargs
-        )
+        return self.client.post(f"/api/v1{path}", json=json, headers=self.headers | kwargs.pop("headers", {}), **kwargs)
 
     def profiles(self, count: int, prefix: str = "p") -> list[int]:
         """Create `count` profiles and return their ids."""
@@ -229,7 +225,7 @@ def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
         try:
             barrier.wait()
             results[index] = target(index)
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001  (surfaced below)
             errors.append(exc)
 
     threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
@@ -246,14 +242,18 @@ def held_leases() -> list[int]:
     """Ids of the batches whose run lease some connection holds right now."""
     from app.services.leases import LEASE_CLASS
 
-    ids = db.session.execute(
-        db.text(
-            "SELECT l.objid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-            " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
-            " AND l.classid = :cls AND l.objsubid = 2"
-        ),
-        {"cls": LEASE_CLASS},
-    ).scalars().all()
+    ids = (
+        db.session.execute(
+            db.text(
+                "SELECT l.objid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+                " AND l.classid = :cls AND l.objsubid = 2"
+            ),
+            {"cls": LEASE_CLASS},
+        )
+        .scalars()
+        .all()
+    )
     db.session.rollback()
     return [int(i) for i in ids]
 

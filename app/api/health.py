@@ -18,7 +18,7 @@ def _database_ok() -> bool:
         db.session.execute(text("SELECT 1"))
         db.session.rollback()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001  (any failure means: not healthy)
         db.session.rollback()
         return False
 
@@ -29,7 +29,7 @@ def _broker_ok() -> bool:
         with celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=PING_TIMEOUT)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001  (any failure means: not healthy)
         return False
 
 
@@ -37,7 +37,7 @@ def _live_workers() -> list[str]:
     celery = current_app.extensions["celery"]
     try:
         replies = celery.control.ping(timeout=PING_TIMEOUT) or []
-    except Exception:
+    except Exception:  # noqa: BLE001  (any failure means: not healthy)
         return []
     return sorted(name for reply in replies for name in reply)
 

@@ -91,24 +91,32 @@ def build_spec() -> dict[str, Any]:
             "get": _op("List a batch's log, oldest first", ("200", "LogList"), query=LogArgs, errors=("404",))
         },
         "/batches/{batch_id}/stop": {"post": _op("Stop the running batch", ("200", "Batch"), errors=("404", "409"))},
-        "/batches/{batch_id}/cancel": {
-            "post": _op("Remove a queued batch", ("200", "Batch"), errors=("404", "409"))
-        },
+        "/batches/{batch_id}/cancel": {"post": _op("Remove a queued batch", ("200", "Batch"), errors=("404", "409"))},
         "/batches/{batch_id}/move": {
             "post": _op("Move a queued batch", ("200", "Batch"), body="Move", errors=("404", "409", "422"))
         },
         "/queue": {"get": _op("The queue's state", ("200", "Queue"))},
         "/queue/start": {"post": _op("Un-pause and start the head", ("200", "Queue"), errors=("409",))},
-        "/health": {"get": {"summary": "Health", "security": [], "responses": {
-            "200": {"description": "healthy", **_json("Health")},
-            "503": {"description": "degraded", **_json("Health")},
-        }}},
+        "/health": {
+            "get": {
+                "summary": "Health",
+                "security": [],
+                "responses": {
+                    "200": {"description": "healthy", **_json("Health")},
+                    "503": {"description": "degraded", **_json("Health")},
+                },
+            }
+        },
     }
     for path, operations in paths.items():
         parameters = _id(path.split("{")[1].split("}")[0]) if "{" in path else None
         spec.path(path=path, operations=operations, parameters=parameters)
-    spec.path(path="/openapi.json", operations={"get": {"summary": "This description", "security": [],
-                                                         "responses": {"200": {"description": "OpenAPI 3"}}}})
+    spec.path(
+        path="/openapi.json",
+        operations={
+            "get": {"summary": "This description", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}
+        },
+    )
     return spec.to_dict()
 
 

@@ -41,4 +41,4 @@ def shutdown_all(app: Flask) -> None:
         live_hub.shutdown()
 
 
-from app.live import streams  # noqa: F401
+from app.live import streams  # noqa: E402, F401  (registers the stream routes on bp)

@@ -68,9 +68,7 @@ class Batch(db.Model):
     __tablename__ = "batches"
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(tuple(BatchStatus))})", name="batch_status_known"),
-        CheckConstraint(
-            "(status = 'queued') = (queue_rank IS NOT NULL)", name="batch_rank_matches_status"
-        ),
+        CheckConstraint("(status = 'queued') = (queue_rank IS NOT NULL)", name="batch_rank_matches_status"),
         # Deferred, so that renumbering the whole queue can be one statement.
         UniqueConstraint("queue_rank", name="batch_rank_unique", deferrable=True, initially="DEFERRED"),
         Index(

@@ -116,8 +116,7 @@ _PROMOTE_HEAD = text(
 
 # The ranks of the two queued batches (other than the one moving) around a place.
 _NEIGHBOUR_RANKS = text(
-    "SELECT queue_rank FROM batches WHERE queue_rank IS NOT NULL AND id <> :id"
-    " ORDER BY queue_rank OFFSET :skip LIMIT 2"
+    "SELECT queue_rank FROM batches WHERE queue_rank IS NOT NULL AND id <> :id ORDER BY queue_rank OFFSET :skip LIMIT 2"
 )
 
 # Spread the ranks out again when two neighbours leave no room between them.
@@ -334,9 +333,7 @@ class QueueManager:
         failed after MAX_RUN_ATTEMPTS; a lost stopping run is simply stopped.
         """
         with self._change() as change:
-            batch = db.session.scalar(
-                select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update()
-            )
+            batch = db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update())
             if batch is not None:
                 self._recover(change, batch, heartbeat_timeout, stop_grace)
             promoted = self._promote_head(change)
@@ -412,8 +409,14 @@ class QueueManager:
             db.session.execute(_RESET_RUNNING_ITEMS, {"id": batch_id})
         db.session.execute(
             _END_RUN,
-            {"id": batch_id, "status": status.value, "error": error, "now": utcnow(), "level": level,
-             "message": message},
+            {
+                "id": batch_id,
+                "status": status.value,
+                "error": error,
+                "now": utcnow(),
+                "level": level,
+                "message": message,
+            },
         )
         change.publish("finished", batch_id)
         return status.value

@@ -273,7 +273,9 @@ class Outcome:
     error: str | None = None
 
 
-def _process(processor: processors.Processor, item: PendingItem, parameters: dict[str, Any], ctx: ItemContext) -> Outcome:
+def _process(
+    processor: processors.Processor, item: PendingItem, parameters: dict[str, Any], ctx: ItemContext
+) -> Outcome:
     """Run the processor on one profile and say how it went."""
     try:
         result = processor.process(item.profile, parameters, ctx)

@@ -113,7 +113,9 @@ def _after_control() -> ResponseReturnValue:
     query = parse_qs(parts.query)
     status = (query.get("status") or [None])[0]
     page = (query.get("page") or ["1"])[0]
-    context = _table_context(int(page) if page.isdigit() and int(page) >= 1 else 1, status if status in STATUSES else None)
+    context = _table_context(
+        int(page) if page.isdigit() and int(page) >= 1 else 1, status if status in STATUSES else None
+    )
     return render_template("batches/_table_region.html", **context)
 
 

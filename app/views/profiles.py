@@ -31,7 +31,7 @@ class ProfileForm(FlaskForm):
         except ValueError as exc:
             raise ValidationError("Not valid JSON.") from exc
         if not isinstance(value, dict):
-            raise ValidationError("Must be a JSON object, like {\"region\": \"eu\"}.")
+            raise ValidationError('Must be a JSON object, like {"region": "eu"}.')
 
 
 @bp.before_request

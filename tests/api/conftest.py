@@ -35,9 +35,7 @@ LIST_KEYS = {"items": list, "total": int, "page": int, "per_page": int}
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     """Record run dispatches: no worker moves a batch on while an API test looks at it."""
     calls: list[tuple[int, str]] = []
-    monkeypatch.setattr(
-        dispatch, "send_run", lambda batch_id, token: calls.append((batch_id, token))
-    )
+    monkeypatch.setattr(dispatch, "send_run", lambda batch_id, token: calls.append((batch_id, token)))
     return calls
 
 
@@ -99,22 +97,15 @@ def assert_batch(body: dict[str, Any]) -> None:
         "stopped",
         "cancelled",
     }
-    assert all(
-        isinstance(pid, int) and not isinstance(pid, bool)
-        for pid in body["profile_ids"]
-    )
+    assert all(isinstance(pid, int) and not isinstance(pid, bool) for pid in body["profile_ids"])
     assert set(body["progress"]) == {"total", "succeeded", "failed", "pending"}
-    assert all(type(value) is int for value in body["progress"].values()), body[
-        "progress"
-    ]
+    assert all(type(value) is int for value in body["progress"].values()), body["progress"]
     for key in ("created_at", "started_at", "finished_at"):
         if body[key] is not None:
             assert_iso(body[key])
 
 
-def assert_error(
-    response: Any, status: int | tuple[int, ...], field: str | None = None
-) -> dict[str, Any]:
+def assert_error(response: Any, status: int | tuple[int, ...], field: str | None = None) -> dict[str, Any]:
     """The contract's error object, with `field` named in `fields` when given."""
     statuses = status if isinstance(status, tuple) else (status,)
     assert response.status_code in statuses, (
@@ -133,9 +124,7 @@ def assert_error(
     return error
 
 
-def running_and_queued(
-    api: ApiClient, profile_ids: list[int], queued: int
-) -> list[dict[str, Any]]:
+def running_and_queued(api: ApiClient, profile_ids: list[int], queued: int) -> list[dict[str, Any]]:
     """One running batch (no run is sent, so it stays in_progress) and `queued` behind it."""
     batches = [api.batch(profile_ids, name=f"b{index}") for index in range(queued + 1)]
     assert [b["status"] for b in batches] == ["in_progress"] + ["queued"] * queued
@@ -153,16 +142,8 @@ def clean(app: Flask) -> Iterator[None]:
     with app.app_context():
         for table in TABLES.split(", "):  # children before parents
             db.session.execute(db.text(f"DELETE FROM {table}"))
-            db.session.execute(
-                db.text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"
-                )
-            )
-        db.session.execute(
-            db.text(
-                "UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"
-            )
-        )
+            db.session.execute(db.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"))
+        db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
         db.session.commit()
         db.session.remove()
     yield

@@ -45,10 +45,7 @@ MORE_BAD_HEADERS = [
 
 
 def _fill(headers: dict[str, str], token: str) -> dict[str, str]:
-    return {
-        key: value.format(token=token, token_prefix=token[:-1])
-        for key, value in headers.items()
-    }
+    return {key: value.format(token=token, token_prefix=token[:-1]) for key, value in headers.items()}
 
 
 @pytest.fixture
@@ -71,9 +68,7 @@ def test_protected_endpoint_without_a_valid_token_is_401_and_changes_nothing(
     headers: dict[str, str],
 ) -> None:
     before = counts()
-    response = setup.client.open(
-        f"/api/v1{path}", method=method, json=body, headers=_fill(headers, token)
-    )
+    response = setup.client.open(f"/api/v1{path}", method=method, json=body, headers=_fill(headers, token))
     assert_error(response, 401)
     assert counts() == before
 
@@ -90,24 +85,16 @@ def test_protected_endpoint_with_a_malformed_authorization_is_401(
     headers: dict[str, str],
 ) -> None:
     before = counts()
-    response = setup.client.open(
-        f"/api/v1{path}", method=method, json=body, headers=_fill(headers, token)
-    )
+    response = setup.client.open(f"/api/v1{path}", method=method, json=body, headers=_fill(headers, token))
     assert_error(response, 401)
     assert counts() == before
 
 
 @pytest.mark.parametrize("method, path, body", PROTECTED)
-def test_protected_endpoint_with_the_token_is_served(
-    setup: ApiClient, method: str, path: str, body: Any
-) -> None:
-    response = setup.client.open(
-        f"/api/v1{path}", method=method, json=body, headers=setup.headers
-    )
+def test_protected_endpoint_with_the_token_is_served(setup: ApiClient, method: str, path: str, body: Any) -> None:
+    response = setup.client.open(f"/api/v1{path}", method=method, json=body, headers=setup.headers)
     created = {("POST", "/profiles"), ("POST", "/batches")}
-    expected = (
-        409 if path == "/queue/start" else 201 if (method, path) in created else 200
-    )
+    expected = 409 if path == "/queue/start" else 201 if (method, path) in created else 200
     assert response.status_code == expected, (response.status_code, response.get_json())
 
 
@@ -116,18 +103,13 @@ def test_every_api_route_but_health_and_openapi_is_protected(app: Flask) -> None
     routes = {
         (
             method,
-            rule.rule.removeprefix("/api/v1")
-            .replace("<int:batch_id>", "{id}")
-            .replace("<int:profile_id>", "{id}"),
+            rule.rule.removeprefix("/api/v1").replace("<int:batch_id>", "{id}").replace("<int:profile_id>", "{id}"),
         )
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith("/api/v1/")
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    tested = {
-        (method, path.replace("/1", "/{id}").replace("/2", "/{id}"))
-        for method, path, _ in PROTECTED
-    }
+    tested = {(method, path.replace("/1", "/{id}").replace("/2", "/{id}")) for method, path, _ in PROTECTED}
     assert routes - tested == {("GET", "/health"), ("GET", "/openapi.json")}
     assert tested <= routes
 
@@ -140,7 +122,5 @@ def test_open_endpoint_needs_no_token(api: ApiClient, path: str) -> None:
 
 
 def test_token_scheme_is_case_insensitive(api: ApiClient, token: str) -> None:
-    response = api.client.get(
-        "/api/v1/queue", headers={"Authorization": f"bearer {token}"}
-    )
+    response = api.client.get("/api/v1/queue", headers={"Authorization": f"bearer {token}"})
     assert response.status_code == 200

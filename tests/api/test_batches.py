@@ -49,18 +49,13 @@ def _finish(app: Flask, batch_id: int, status: str) -> None:
 
 
 def _positions(api: ApiClient) -> dict[int, tuple[str, int | None]]:
-    return {
-        b["id"]: (b["status"], b["queue_position"])
-        for b in api.get("/batches?per_page=500").get_json()["items"]
-    }
+    return {b["id"]: (b["status"], b["queue_position"]) for b in api.get("/batches?per_page=500").get_json()["items"]}
 
 
 # --- create and read -----------------------------------------------------------
 
 
-def test_create_batch_returns_201_the_batch_and_its_location(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_create_batch_returns_201_the_batch_and_its_location(api: ApiClient, profile_ids: list[int]) -> None:
     body = {
         "name": "first",
         "profile_ids": profile_ids[::-1],
@@ -90,19 +85,13 @@ def test_create_batch_returns_201_the_batch_and_its_location(
     assert api.client.get(location, headers=api.headers).get_json() == batch
 
 
-def test_create_batch_without_parameters_uses_the_processor_defaults(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
-    response = api.post(
-        "/batches", {"name": "n", "profile_ids": profile_ids, "processor": "noop"}
-    )
+def test_create_batch_without_parameters_uses_the_processor_defaults(api: ApiClient, profile_ids: list[int]) -> None:
+    response = api.post("/batches", {"name": "n", "profile_ids": profile_ids, "processor": "noop"})
     assert response.status_code == 201
     assert response.get_json()["parameters"] == {}
 
 
-def test_create_batch_joins_the_end_of_the_queue_while_one_runs(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_create_batch_joins_the_end_of_the_queue_while_one_runs(api: ApiClient, profile_ids: list[int]) -> None:
     batches = running_and_queued(api, profile_ids, 3)
     assert [b["queue_position"] for b in batches] == [0, 1, 2, 3]
     assert [b["started_at"] for b in batches[1:]] == [None, None, None]
@@ -174,9 +163,7 @@ def test_list_batches_orders_running_then_queued_by_position_then_the_rest_newes
         assert_batch(batch)
 
 
-def test_list_batches_orders_the_queue_by_position_not_by_creation(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_list_batches_orders_the_queue_by_position_not_by_creation(api: ApiClient, profile_ids: list[int]) -> None:
     batches = running_and_queued(api, profile_ids, 4)
     last = batches[-1]["id"]
     assert api.post(f"/batches/{last}/move", {"position": 1}).status_code == 200
@@ -222,10 +209,7 @@ def test_list_batches_per_page_defaults_to_50_and_pages_cover_every_batch_once(
     ids = [b["id"] for b in first["items"] + second["items"]]
     assert sorted(ids) == list(range(1, 54))
     assert ids[:3] == [1, 2, 3]  # running, then #1, #2
-    small = [
-        api.get(f"/batches?per_page=20&page={page}").get_json()["items"]
-        for page in (1, 2, 3, 4)
-    ]
+    small = [api.get(f"/batches?per_page=20&page={page}").get_json()["items"] for page in (1, 2, 3, 4)]
     assert [len(page) for page in small] == [20, 20, 13, 0]
     assert [b["id"] for page in small for b in page] == ids
 
@@ -263,9 +247,7 @@ def test_list_items_returns_one_pending_item_per_profile_in_order(
     } == {("pending", 0, None, None, None, None)}
 
 
-def test_list_items_shows_result_error_and_times(
-    api: ApiClient, app: Flask, profile_ids: list[int]
-) -> None:
+def test_list_items_shows_result_error_and_times(api: ApiClient, app: Flask, profile_ids: list[int]) -> None:
     batch = api.batch(profile_ids)
     _sql(
         app,
@@ -290,10 +272,7 @@ def test_list_items_shows_result_error_and_times(
 def test_list_items_pages(api: ApiClient) -> None:
     profile_ids = api.profiles(5)
     batch = api.batch(profile_ids)
-    pages = [
-        api.get(f"/batches/{batch['id']}/items?per_page=2&page={page}").get_json()
-        for page in (1, 2, 3)
-    ]
+    pages = [api.get(f"/batches/{batch['id']}/items?per_page=2&page={page}").get_json() for page in (1, 2, 3)]
     assert [[i["profile_id"] for i in p["items"]] for p in pages] == [
         [1, 2],
         [3, 4],
@@ -302,9 +281,7 @@ def test_list_items_pages(api: ApiClient) -> None:
     assert all(p["total"] == 5 for p in pages)
 
 
-def test_list_logs_returns_lines_oldest_first_and_after_skips_seen_ones(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_list_logs_returns_lines_oldest_first_and_after_skips_seen_ones(api: ApiClient, profile_ids: list[int]) -> None:
     batch = api.batch(profile_ids)
     assert api.post(f"/batches/{batch['id']}/stop").status_code == 200
     body = api.get(f"/batches/{batch['id']}/logs").get_json()
@@ -315,30 +292,20 @@ def test_list_logs_returns_lines_oldest_first_and_after_skips_seen_ones(
         assert_iso(line["at"])
     assert len(lines) >= 3 and body["total"] == len(lines)
     assert [line["id"] for line in lines] == sorted(line["id"] for line in lines)
-    assert [assert_iso(line["at"]) for line in lines] == sorted(
-        assert_iso(line["at"]) for line in lines
-    )
+    assert [assert_iso(line["at"]) for line in lines] == sorted(assert_iso(line["at"]) for line in lines)
     assert lines[0]["message"].startswith("created by token:tests")
     assert "stop requested by token:tests" in [line["message"] for line in lines]
 
     after = api.get(f"/batches/{batch['id']}/logs?after={lines[0]['id']}").get_json()
     assert after["items"] == lines[1:]
     assert after["total"] == len(lines) - 1
-    assert (
-        api.get(f"/batches/{batch['id']}/logs?after={lines[-1]['id']}").get_json()[
-            "items"
-        ]
-        == []
-    )
+    assert api.get(f"/batches/{batch['id']}/logs?after={lines[-1]['id']}").get_json()["items"] == []
     assert api.get(f"/batches/{batch['id']}/logs?after=0").get_json()["items"] == lines
 
 
 def test_list_logs_are_the_batch_own(api: ApiClient, profile_ids: list[int]) -> None:
     _, second = running_and_queued(api, profile_ids, 1)
-    messages = [
-        line["message"]
-        for line in api.get(f"/batches/{second['id']}/logs").get_json()["items"]
-    ]
+    messages = [line["message"] for line in api.get(f"/batches/{second['id']}/logs").get_json()["items"]]
     assert len(messages) == 1 and messages[0].startswith("created by")
 
 
@@ -360,9 +327,7 @@ def test_stop_batch_in_progress_is_200_stopping_or_stopped_and_pauses_the_queue(
     assert api.get(f"/batches/{queued['id']}").get_json()["status"] == "queued"
 
 
-def test_stop_batch_queued_is_409_and_changes_nothing(
-    api: ApiClient, profile_ids: list[int], counts: Any
-) -> None:
+def test_stop_batch_queued_is_409_and_changes_nothing(api: ApiClient, profile_ids: list[int], counts: Any) -> None:
     _, queued = running_and_queued(api, profile_ids, 1)
     before = counts()
     assert_error(api.post(f"/batches/{queued['id']}/stop"), 409)
@@ -371,9 +336,7 @@ def test_stop_batch_queued_is_409_and_changes_nothing(
 
 
 @pytest.mark.parametrize("status", TERMINAL)
-def test_stop_batch_finished_is_409(
-    api: ApiClient, app: Flask, profile_ids: list[int], status: str
-) -> None:
+def test_stop_batch_finished_is_409(api: ApiClient, app: Flask, profile_ids: list[int], status: str) -> None:
     batch = api.batch(profile_ids)
     _finish(app, batch["id"], status)
     assert_error(api.post(f"/batches/{batch['id']}/stop"), 409)
@@ -405,9 +368,7 @@ def test_cancel_batch_queued_is_200_cancelled_and_the_queue_closes_up(
         assert queue_violations() == []
 
 
-def test_cancel_batch_running_is_409_and_changes_nothing(
-    api: ApiClient, profile_ids: list[int], counts: Any
-) -> None:
+def test_cancel_batch_running_is_409_and_changes_nothing(api: ApiClient, profile_ids: list[int], counts: Any) -> None:
     running, _ = running_and_queued(api, profile_ids, 1)
     before = counts()
     assert_error(api.post(f"/batches/{running['id']}/cancel"), 409)
@@ -415,9 +376,7 @@ def test_cancel_batch_running_is_409_and_changes_nothing(
 
 
 @pytest.mark.parametrize("status", TERMINAL)
-def test_cancel_batch_finished_is_409(
-    api: ApiClient, app: Flask, profile_ids: list[int], status: str
-) -> None:
+def test_cancel_batch_finished_is_409(api: ApiClient, app: Flask, profile_ids: list[int], status: str) -> None:
     batch = api.batch(profile_ids)
     _finish(app, batch["id"], status)
     assert_error(api.post(f"/batches/{batch['id']}/cancel"), 409)
@@ -458,9 +417,7 @@ def test_move_batch_queued_is_200_at_that_position(
         assert queue_violations() == []
 
 
-def test_move_batch_running_is_409_and_changes_nothing(
-    api: ApiClient, profile_ids: list[int], counts: Any
-) -> None:
+def test_move_batch_running_is_409_and_changes_nothing(api: ApiClient, profile_ids: list[int], counts: Any) -> None:
     running, _ = running_and_queued(api, profile_ids, 1)
     before = counts()
     assert_error(api.post(f"/batches/{running['id']}/move", {"position": 1}), 409)
@@ -468,9 +425,7 @@ def test_move_batch_running_is_409_and_changes_nothing(
 
 
 @pytest.mark.parametrize("status", TERMINAL)
-def test_move_batch_finished_is_409(
-    api: ApiClient, app: Flask, profile_ids: list[int], status: str
-) -> None:
+def test_move_batch_finished_is_409(api: ApiClient, app: Flask, profile_ids: list[int], status: str) -> None:
     batch = api.batch(profile_ids)
     _finish(app, batch["id"], status)
     assert_error(api.post(f"/batches/{batch['id']}/move", {"position": 1}), 409)

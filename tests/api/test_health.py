@@ -20,32 +20,24 @@ HEALTH_KEYS = {"status", "database", "broker", "workers"}
 def app_without_database(app: Flask, settings: Settings) -> Iterator[Flask]:
     """A second app whose database URL points at a closed port."""
     broken = create_app(
-        replace(
-            settings, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing"
-        ),
+        replace(settings, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing"),
         TESTING=True,
     )
     # create_app makes its Celery app the process default; give it back to the session's app.
     app.extensions["celery"].set_default()
-    broken.extensions["celery"].conf.broker_transport_options = app.extensions[
-        "celery"
-    ].conf.broker_transport_options
+    broken.extensions["celery"].conf.broker_transport_options = app.extensions["celery"].conf.broker_transport_options
     yield broken
     with broken.app_context():
         db.engine.dispose()
 
 
-def test_health_with_database_broker_and_worker_is_200_ok(
-    app: Flask, celery_worker: Any
-) -> None:
+def test_health_with_database_broker_and_worker_is_200_ok(app: Flask, celery_worker: Any) -> None:
     response = app.test_client().get("/api/v1/health")
     body = response.get_json()
     assert (response.status_code, body["status"]) == (200, "ok"), body
     assert set(body) == HEALTH_KEYS
     assert (body["database"], body["broker"]) == ("ok", "ok")
-    assert isinstance(body["workers"], list) and all(
-        isinstance(name, str) for name in body["workers"]
-    )
+    assert isinstance(body["workers"], list) and all(isinstance(name, str) for name in body["workers"])
     assert celery_worker.hostname in body["workers"]
 
 

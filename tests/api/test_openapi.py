@@ -56,9 +56,7 @@ def test_openapi_describes_every_path_of_the_contract(spec: dict[str, Any]) -> N
     assert set(CONTRACT) <= _operations(spec)
 
 
-def test_openapi_describes_every_api_route_the_app_serves(
-    spec: dict[str, Any], app: Flask
-) -> None:
+def test_openapi_describes_every_api_route_the_app_serves(spec: dict[str, Any], app: Flask) -> None:
     served = {
         (method.lower(), re.sub(r"<[^>]+>", "{id}", rule.rule.removeprefix("/api/v1")))
         for rule in app.url_map.iter_rules()
@@ -79,14 +77,9 @@ def test_openapi_path_ids_are_integer_parameters(spec: dict[str, Any]) -> None:
     for path, item in spec["paths"].items():
         for name in re.findall(r"\{([^}]+)\}", path):
             parameters = item.get("parameters", []) + [
-                p
-                for op in item.values()
-                if isinstance(op, dict)
-                for p in op.get("parameters", [])
+                p for op in item.values() if isinstance(op, dict) for p in op.get("parameters", [])
             ]
-            declared = [
-                p for p in parameters if p.get("in") == "path" and p.get("name") == name
-            ]
+            declared = [p for p in parameters if p.get("in") == "path" and p.get("name") == name]
             assert declared and declared[0]["schema"]["type"] == "integer", path
 
 
@@ -94,10 +87,7 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
     spec: dict[str, Any],
 ) -> None:
     schemes = spec["components"]["securitySchemes"]
-    assert any(
-        s["type"] == "http" and s["scheme"].lower() == "bearer"
-        for s in schemes.values()
-    )
+    assert any(s["type"] == "http" and s["scheme"].lower() == "bearer" for s in schemes.values())
     assert spec["security"]
     assert spec["paths"]["/health"]["get"]["security"] == []
     assert spec["paths"]["/openapi.json"]["get"]["security"] == []
@@ -138,9 +128,7 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
         ("Error", {"error"}),
     ],
 )
-def test_openapi_schemas_name_the_contract_fields(
-    spec: dict[str, Any], schema: str, keys: set[str]
-) -> None:
+def test_openapi_schemas_name_the_contract_fields(spec: dict[str, Any], schema: str, keys: set[str]) -> None:
     assert set(spec["components"]["schemas"][schema]["properties"]) == keys
 
 
@@ -149,13 +137,8 @@ def test_openapi_batch_creation_documents_201_200_409_and_the_idempotency_key(
 ) -> None:
     create = spec["paths"]["/batches"]["post"]
     assert {"201", "200", "401", "409", "413", "422"} <= set(create["responses"])
-    assert any(
-        p["in"] == "header" and p["name"] == "Idempotency-Key"
-        for p in create["parameters"]
-    )
+    assert any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in create["parameters"])
 
 
-def test_openapi_needs_no_token_and_matches_what_api_clients_see(
-    api: ApiClient, spec: dict[str, Any]
-) -> None:
+def test_openapi_needs_no_token_and_matches_what_api_clients_see(api: ApiClient, spec: dict[str, Any]) -> None:
     assert api.get("/openapi.json").get_json() == spec

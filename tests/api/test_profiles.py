@@ -61,17 +61,13 @@ def test_create_profile_without_attributes_stores_an_empty_object(
 
 
 @pytest.mark.parametrize("name", ["a", "x" * 200, "名前 with spaces"])
-def test_create_profile_name_of_1_to_200_characters_is_accepted(
-    api: ApiClient, name: str
-) -> None:
+def test_create_profile_name_of_1_to_200_characters_is_accepted(api: ApiClient, name: str) -> None:
     response = api.post("/profiles", {"name": name})
     assert response.status_code == 201
     assert response.get_json()["name"] == name
 
 
-def test_create_profile_taken_name_is_409_and_stores_nothing(
-    api: ApiClient, counts: Any
-) -> None:
+def test_create_profile_taken_name_is_409_and_stores_nothing(api: ApiClient, counts: Any) -> None:
     first = api.post("/profiles", {"name": "alice", "attributes": {"v": 1}}).get_json()
     before = counts()
     response = api.post("/profiles", {"name": "alice", "attributes": {"v": 2}})
@@ -110,13 +106,9 @@ def test_list_profiles_per_page_defaults_to_50(api: ApiClient, app: Flask) -> No
     assert (len(body["items"]), body["total"], body["per_page"]) == (50, 51, 50)
 
 
-def test_list_profiles_pages_cover_every_profile_once(
-    api: ApiClient, app: Flask
-) -> None:
+def test_list_profiles_pages_cover_every_profile_once(api: ApiClient, app: Flask) -> None:
     _insert_profiles(app, 7)
-    pages = [
-        api.get(f"/profiles?page={page}&per_page=3").get_json() for page in (1, 2, 3, 4)
-    ]
+    pages = [api.get(f"/profiles?page={page}&per_page=3").get_json() for page in (1, 2, 3, 4)]
     assert [len(p["items"]) for p in pages] == [3, 3, 1, 0]
     assert all((p["total"], p["per_page"]) == (7, 3) for p in pages)
     assert [p["page"] for p in pages] == [1, 2, 3, 4]

@@ -62,9 +62,7 @@ def test_queue_idle_and_empty_has_start_enabled(api: ApiClient) -> None:
     assert _queue(api) == IDLE
 
 
-def test_queue_shows_the_running_batch_and_the_queued_count(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_queue_shows_the_running_batch_and_the_queued_count(api: ApiClient, profile_ids: list[int]) -> None:
     batches = running_and_queued(api, profile_ids, 2)
     body = _queue(api)
     assert body["running"] == api.get(f"/batches/{batches[0]['id']}").get_json()
@@ -75,9 +73,7 @@ def test_queue_shows_the_running_batch_and_the_queued_count(
     )
 
 
-def test_queue_paused_by_a_stop_has_start_enabled(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_queue_paused_by_a_stop_has_start_enabled(api: ApiClient, profile_ids: list[int]) -> None:
     running, _ = running_and_queued(api, profile_ids, 1)
     assert api.post(f"/batches/{running['id']}/stop").get_json()["status"] == "stopped"
     assert _queue(api) == {
@@ -99,10 +95,7 @@ def test_queue_while_a_batch_is_stopping_counts_it_as_running(
         stopped = api.post(f"/batches/{running['id']}/stop")
         assert (stopped.status_code, stopped.get_json()["status"]) == (200, "stopping")
         body = _queue(api)
-        assert (
-            body["running"]["id"] == running["id"]
-            and body["running"]["status"] == "stopping"
-        )
+        assert body["running"]["id"] == running["id"] and body["running"]["status"] == "stopping"
         assert (body["paused"], body["start_enabled"]) == (True, False)
         assert_error(api.post("/queue/start"), 409)
         assert_error(api.post(f"/batches/{running['id']}/stop"), 409)
@@ -144,9 +137,7 @@ def test_start_queue_paused_unpauses_and_promotes_the_head(
 
 
 @pytest.mark.parametrize("paused", [False, True])
-def test_start_queue_idle_and_empty_is_200_and_unpaused(
-    api: ApiClient, app: Flask, paused: bool
-) -> None:
+def test_start_queue_idle_and_empty_is_200_and_unpaused(api: ApiClient, app: Flask, paused: bool) -> None:
     with app.app_context():
         db.session.execute(db.text("UPDATE queue_state SET paused = :p"), {"p": paused})
         db.session.commit()
@@ -157,9 +148,7 @@ def test_start_queue_idle_and_empty_is_200_and_unpaused(
     assert _queue(api) == IDLE
 
 
-def test_create_batch_while_paused_is_queued_not_started(
-    api: ApiClient, profile_ids: list[int]
-) -> None:
+def test_create_batch_while_paused_is_queued_not_started(api: ApiClient, profile_ids: list[int]) -> None:
     running, _ = running_and_queued(api, profile_ids, 1)
     api.post(f"/batches/{running['id']}/stop")
     late = api.batch(profile_ids, name="late")

@@ -150,9 +150,7 @@ BAD_BATCHES = [
         "parameters",
         id="http_host_only_prefixed_by_an_allowed_one",
     ),
-    pytest.param(
-        {"processor": "http", "parameters": {}}, "parameters", id="http_url_missing"
-    ),
+    pytest.param({"processor": "http", "parameters": {}}, "parameters", id="http_url_missing"),
     pytest.param(
         {"processor": "http", "parameters": {"url": "not a url"}},
         "parameters",
@@ -237,9 +235,7 @@ def test_create_batch_valid_parameters_at_the_bounds_are_accepted(
         assert batch["parameters"][key] == value
 
 
-def test_create_batch_10000_profile_ids_are_accepted(
-    api: ApiClient, app: Flask, counts: Any
-) -> None:
+def test_create_batch_10000_profile_ids_are_accepted(api: ApiClient, app: Flask, counts: Any) -> None:
     with app.app_context():
         db.session.execute(
             db.text(
@@ -265,12 +261,8 @@ BAD_PROFILES = [
     pytest.param({"attributes": []}, "attributes", id="attributes_a_list"),
     pytest.param({"attributes": "x"}, "attributes", id="attributes_a_string"),
     pytest.param({"attributes": None}, "attributes", id="attributes_null"),
-    pytest.param(
-        {"attributes": {"k": "v\u0000"}}, "attributes", id="attributes_value_with_nul"
-    ),
-    pytest.param(
-        {"attributes": {"k\u0000": 1}}, "attributes", id="attributes_key_with_nul"
-    ),
+    pytest.param({"attributes": {"k": "v\u0000"}}, "attributes", id="attributes_value_with_nul"),
+    pytest.param({"attributes": {"k\u0000": 1}}, "attributes", id="attributes_key_with_nul"),
     pytest.param(
         {"attributes": {"deep": [{"k": "\u0000"}]}},
         "attributes",
@@ -285,9 +277,7 @@ def test_create_profile_bad_input_is_refused_naming_the_field_and_stores_nothing
     api: ApiClient, counts: Any, changes: dict[str, Any], field: str
 ) -> None:
     before = counts()
-    response = api.post(
-        "/profiles", _with({"name": "alice", "attributes": {"a": 1}}, changes)
-    )
+    response = api.post("/profiles", _with({"name": "alice", "attributes": {"a": 1}}, changes))
     assert_error(response, (400, 422), field)
     assert counts() == before
 
@@ -319,9 +309,7 @@ def test_move_batch_bad_input_is_refused_naming_the_field_and_changes_nothing(
     assert counts() == before
 
 
-def _raw(
-    api: ApiClient, path: str, data: bytes | str, content_type: str = "application/json"
-) -> Any:
+def _raw(api: ApiClient, path: str, data: bytes | str, content_type: str = "application/json") -> Any:
     return api.client.post(
         f"/api/v1{path}",
         data=data,
@@ -336,9 +324,7 @@ MALFORMED = [
     pytest.param(b'{"name": "\xff"}', "application/json", 400, id="not_utf8"),
     pytest.param('{"name": "a"}', "text/plain", (400, 415), id="not_declared_json"),
     pytest.param("[]", "application/json", (400, 422), id="json_array"),
-    pytest.param(
-        '[{"name": "a"}]', "application/json", (400, 422), id="json_array_of_object"
-    ),
+    pytest.param('[{"name": "a"}]', "application/json", (400, 422), id="json_array_of_object"),
     pytest.param("null", "application/json", (400, 422), id="json_null"),
     pytest.param('"text"', "application/json", (400, 422), id="json_string"),
     pytest.param("42", "application/json", (400, 422), id="json_number"),
@@ -383,9 +369,7 @@ def test_post_body_over_1_mib_is_refused_with_413_and_stores_nothing(
 
 def test_post_body_just_under_1_mib_is_read(api: ApiClient, counts: Any) -> None:
     padding = "x" * (ONE_MIB - 1000)
-    response = api.post(
-        "/profiles", {"name": "big", "attributes": {"padding": padding}}
-    )
+    response = api.post("/profiles", {"name": "big", "attributes": {"padding": padding}})
     assert response.status_code == 201, response.get_json()
     assert counts()["profiles"] == 1
 
@@ -408,9 +392,7 @@ BAD_QUERIES = [
     pytest.param("/batches/1/logs?per_page=501", "per_page", id="logs_per_page_501"),
     pytest.param("/batches/1/logs?after=abc", "after", id="logs_after_text"),
     pytest.param("/batches/1/logs?after=-1", "after", id="logs_after_negative"),
-    pytest.param(
-        f"/batches/1/logs?after={2**63}", "after", id="logs_after_past_bigint"
-    ),
+    pytest.param(f"/batches/1/logs?after={2**63}", "after", id="logs_after_past_bigint"),
     pytest.param(f"/batches?page={2**31}", "page", id="batches_page_past_int"),
     pytest.param(f"/batches?page={10**30}", "page", id="batches_page_huge"),
     pytest.param(f"/profiles?page={10**30}", "page", id="profiles_page_huge"),
@@ -427,9 +409,7 @@ def test_list_unknown_query_value_is_refused_naming_the_parameter(
     assert_error(api.get(url), (400, 422), field)
 
 
-@pytest.mark.parametrize(
-    "url", ["/batches?per_page=1", "/batches?per_page=500", "/profiles?per_page=500"]
-)
+@pytest.mark.parametrize("url", ["/batches?per_page=1", "/batches?per_page=500", "/profiles?per_page=500"])
 def test_list_per_page_bounds_are_accepted(api: ApiClient, url: str) -> None:
     response = api.get(url)
     assert response.status_code == 200
@@ -445,9 +425,7 @@ def test_list_per_page_bounds_are_accepted(api: ApiClient, url: str) -> None:
         f"/batches/1/logs?after={2**63 - 1}",
     ],
 )
-def test_list_far_past_the_end_is_an_empty_page(
-    api: ApiClient, profile_ids: list[int], url: str
-) -> None:
+def test_list_far_past_the_end_is_an_empty_page(api: ApiClient, profile_ids: list[int], url: str) -> None:
     api.batch(profile_ids)
     response = api.get(url)
     assert response.status_code == 200, response.get_json()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from playwright import sync_api
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from app.extensions import db
@@ -31,10 +32,13 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "correct horse"
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
+# A user's machine may lack Chromium: the browser tests are then skipped with the
+# reason. CI sets REQUIRE_CHROMIUM=1, so that there a missing browser fails the run.
 if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
-    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
+    message = f"{CHROMIUM} is missing: apt-get install -y chromium"
+    if os.environ.get("REQUIRE_CHROMIUM") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 class LiveServer:

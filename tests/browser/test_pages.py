@@ -72,5 +72,6 @@ def test_batch_page_appends_log_lines_live(page: Page, app: Flask, api: ApiClien
     expect(page.locator("#item-table .item-status")).to_have_text(["succeeded"] * 3)
     texts = page.locator("#log-lines li").all_inner_texts()
     assert len(texts) > lines_before
-    assert len(texts) == len(set(texts)) or len(set(page.locator("#log-lines li").evaluate_all(
-        "els => els.map(e => e.dataset.logId)"))) == len(texts)
+    assert len(texts) == len(set(texts)) or len(
+        set(page.locator("#log-lines li").evaluate_all("els => els.map(e => e.dataset.logId)"))
+    ) == len(texts)

@@ -88,9 +88,13 @@ def _items(app: Flask, batch_id: int) -> list[Any]:
 
 def _logs(app: Flask, batch_id: int) -> list[str]:
     with app.app_context():
-        lines = db.session.execute(
-            db.text("SELECT message FROM batch_logs WHERE batch_id = :id ORDER BY id"), {"id": batch_id}
-        ).scalars().all()
+        lines = (
+            db.session.execute(
+                db.text("SELECT message FROM batch_logs WHERE batch_id = :id ORDER BY id"), {"id": batch_id}
+            )
+            .scalars()
+            .all()
+        )
         db.session.rollback()
         return list(lines)
 
@@ -206,8 +210,12 @@ def test_run_lost_max_attempts_times_fails_the_batch_and_the_reconciler_promotes
     behind = api.batch(profile_ids, "noop", name="behind")
     # As if MAX_RUN_ATTEMPTS runs had begun and died, the last one mid-item.
     _sql(app, "UPDATE batches SET run_attempts = :n WHERE id = :id", n=MAX_RUN_ATTEMPTS, id=batch["id"])
-    _sql(app, "UPDATE batch_items SET status = 'running', attempts = :n WHERE batch_id = :id AND position = 0",
-         n=MAX_RUN_ATTEMPTS, id=batch["id"])
+    _sql(
+        app,
+        "UPDATE batch_items SET status = 'running', attempts = :n WHERE batch_id = :id AND position = 0",
+        n=MAX_RUN_ATTEMPTS,
+        id=batch["id"],
+    )
     _age_heartbeat(app, batch["id"])
     monkeypatch.undo()
 
@@ -229,8 +237,11 @@ def test_stopping_batch_whose_run_is_gone_is_stopped_by_the_reconciler_after_the
     behind = api.batch(profile_ids[:1], "noop", name="behind")
     [(_, token)] = unsent
     run = lease(batch["id"])  # a run is under way, on its first item
-    _sql(app, "UPDATE batch_items SET status = 'running', attempts = 1 WHERE batch_id = :id AND position = 0",
-         id=batch["id"])
+    _sql(
+        app,
+        "UPDATE batch_items SET status = 'running', attempts = 1 WHERE batch_id = :id AND position = 0",
+        id=batch["id"],
+    )
     assert api.post(f"/batches/{batch['id']}/stop").get_json()["status"] == "stopping"
 
     with app.app_context():
@@ -348,10 +359,32 @@ class WorkerProcess:
         name = f"faults{self.started}-{SESSION_TAG}@%h"
         log = (self.log_dir / f"worker{self.started}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.faults.worker_app:celery_app", "worker", "-P", "prefork",
-             "-c", "2", "-Q", "batches,control", "-n", name, "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-l", "INFO"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.faults.worker_app:celery_app",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "2",
+                "-Q",
+                "batches,control",
+                "-n",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for(lambda: self._answers(sender, name.replace("%h", "")), timeout=20, interval=0.1)
 
@@ -414,8 +447,9 @@ def _heartbeat_older_than(app: Flask, batch_id: int, seconds: float) -> bool:
 def _enqueue(app: Flask, profile_ids: list[int], processor: str, **parameters: Any) -> int:
     with app.app_context():
         batch, _ = queue_manager.enqueue(
-            NewBatch(name=processor, processor=processor, parameters=parameters, profile_ids=profile_ids,
-                     created_by="test")
+            NewBatch(
+                name=processor, processor=processor, parameters=parameters, profile_ids=profile_ids, created_by="test"
+            )
         )
         return batch.id
 
@@ -437,7 +471,9 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     prefork_worker.start(sender)
     wait_for(lambda: _heartbeat_older_than(app, batch_id, 2.2), timeout=5)
 
-    reconciled = sender.send_task("queue.reconcile", queue="control", ignore_result=False)  # the new worker's reconciler
+    reconciled = sender.send_task(
+        "queue.reconcile", queue="control", ignore_result=False
+    )  # the new worker's reconciler
     assert reconciled.get(timeout=10) is None
     wait_for(lambda: _status(app, batch_id) == "done", timeout=15)
     row = _row(app, batch_id)

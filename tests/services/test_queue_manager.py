@@ -23,11 +23,17 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
 
 
 def _profiles(count: int) -> list[int]:
-    rows = db.session.execute(
-        db.text("INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
-                " FROM generate_series(1, :n) g RETURNING id"),
-        {"n": count},
-    ).scalars().all()
+    rows = (
+        db.session.execute(
+            db.text(
+                "INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
+                " FROM generate_series(1, :n) g RETURNING id"
+            ),
+            {"n": count},
+        )
+        .scalars()
+        .all()
+    )
     db.session.commit()
     return list(rows)
 
@@ -103,7 +109,10 @@ def test_database_refuses_a_second_running_batch(app_ctx: Flask, sent: list[Any]
         ("UPDATE batches SET status = 'done' WHERE id = :queued", "batch_rank_matches_status"),
         ("UPDATE batches SET queue_rank = NULL WHERE id = :queued", "batch_rank_matches_status"),
         ("UPDATE batches SET queue_rank = 7 WHERE id = :running", "batch_rank_matches_status"),
-        ("UPDATE batches SET queue_rank = (SELECT max(queue_rank) FROM batches) WHERE id = :queued", "batch_rank_unique"),
+        (
+            "UPDATE batches SET queue_rank = (SELECT max(queue_rank) FROM batches) WHERE id = :queued",
+            "batch_rank_unique",
+        ),
     ],
 )
 def test_database_refuses_a_rank_that_disagrees_with_the_status_or_repeats(

@@ -181,7 +181,7 @@ def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_
         results = run_in_threads(20, act)
         assert queue_violations() == []
         # Only cancelled batches refuse: a queued one can always be moved or cancelled.
-        for (batch_id, _, _), result in zip(plan, results):
+        for (batch_id, _, _), result in zip(plan, results, strict=True):
             status = db.session.scalar(db.text("SELECT status FROM batches WHERE id = :id"), {"id": batch_id})
             assert status in ("queued", "cancelled")
             if result == "conflict":
@@ -192,8 +192,10 @@ def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_
     # "moved from #a" names where the batch really was at that moment.
     order = list(ids)
     lines = db.session.execute(
-        db.text("SELECT batch_id, message FROM batch_logs WHERE message LIKE 'moved %' OR message LIKE 'cancelled %'"
-                " ORDER BY id")
+        db.text(
+            "SELECT batch_id, message FROM batch_logs WHERE message LIKE 'moved %' OR message LIKE 'cancelled %'"
+            " ORDER BY id"
+        )
     ).all()
     for line in lines:
         if line.message.startswith("cancelled"):
@@ -203,18 +205,18 @@ def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_
         assert order.index(line.batch_id) + 1 == start, line
         order.remove(line.batch_id)
         order.insert(target - 1, line.batch_id)
-    queued = db.session.execute(
-        db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_rank")
-    ).scalars().all()
+    queued = (
+        db.session.execute(db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_rank"))
+        .scalars()
+        .all()
+    )
     assert list(queued) == order
     assert any(line.message.startswith("cancelled") for line in lines)
     assert sum(line.message.startswith("moved") for line in lines) >= 20
     assert queue_violations() == []
 
 
-def test_start_pressed_twice_at_once_promotes_exactly_one_batch(
-    api: ApiClient, app: Flask, celery_worker: Any
-) -> None:
+def test_start_pressed_twice_at_once_promotes_exactly_one_batch(api: ApiClient, app: Flask, celery_worker: Any) -> None:
     profile_ids = api.profiles(1)
     clients = [_client(app, api), _client(app, api)]
 
@@ -248,10 +250,16 @@ def test_start_pressed_twice_at_once_promotes_exactly_one_batch(
 
 
 def _profiles(count: int) -> list[int]:
-    rows = db.session.execute(
-        db.text("INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
-                " FROM generate_series(1, :n) g RETURNING id"),
-        {"n": count},
-    ).scalars().all()
+    rows = (
+        db.session.execute(
+            db.text(
+                "INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
+                " FROM generate_series(1, :n) g RETURNING id"
+            ),
+            {"n": count},
+        )
+        .scalars()
+        .all()
+    )
     db.session.commit()
     return list(rows)

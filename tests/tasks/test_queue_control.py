@@ -81,7 +81,7 @@ def hanging_url() -> Iterator[str]:
     """A local URL whose response takes 5 s, for the http processor."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        def do_POST(self) -> None:
             time.sleep(5)
             self.send_response(200)
             self.end_headers()

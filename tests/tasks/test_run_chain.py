@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from flask import Flask
@@ -31,7 +32,7 @@ def test_chain_runs_in_creation_order_without_overlap_and_a_failure_does_not_blo
     assert [b["status"] for b in finished] == ["done", "done", "failed", "done", "done", "done"]
     assert finished[2]["error"] == "1 of 2 items failed"
     assert all(b["queue_position"] is None for b in finished)
-    for earlier, later in zip(finished, finished[1:]):
+    for earlier, later in itertools.pairwise(finished):
         assert earlier["finished_at"] <= later["started_at"], (earlier, later)
     with app.app_context():
         assert queue_violations() == []

@@ -60,8 +60,13 @@ def test_create_while_paused_says_queued_at_k(app: Flask, client: FlaskClient, m
     make.batch("queued", 1)
     client.post(
         "/batches",
-        data={"name": "later", "profile_ids": ids, "processor": "sleep", "param-sleep-seconds": "1.5",
-              "param-sleep-fail_profiles": "p-0\nother"},
+        data={
+            "name": "later",
+            "profile_ids": ids,
+            "processor": "sleep",
+            "param-sleep-seconds": "1.5",
+            "param-sleep-fail_profiles": "p-0\nother",
+        },
     )
     html = client.get("/batches").get_data(as_text=True)
     assert "queued at #2." in html
@@ -77,9 +82,18 @@ def test_create_while_paused_says_queued_at_k(app: Flask, client: FlaskClient, m
         ({"name": "", "processor": "noop"}, {"name", "profile_ids"}),
         ({"name": "x" * 201, "processor": "noop", "profile_ids": ["P"]}, {"name"}),
         ({"name": "s", "processor": "sleep", "profile_ids": ["P"]}, {"field-sleep-seconds"}),
-        ({"name": "s", "processor": "sleep", "profile_ids": ["P"], "param-sleep-seconds": "abc"}, {"field-sleep-seconds"}),
-        ({"name": "s", "processor": "sleep", "profile_ids": ["P"], "param-sleep-seconds": "9999"}, {"field-sleep-seconds"}),
-        ({"name": "h", "processor": "http", "profile_ids": ["P"], "param-http-url": "http://evil.example/"}, {"field-http-url"}),
+        (
+            {"name": "s", "processor": "sleep", "profile_ids": ["P"], "param-sleep-seconds": "abc"},
+            {"field-sleep-seconds"},
+        ),
+        (
+            {"name": "s", "processor": "sleep", "profile_ids": ["P"], "param-sleep-seconds": "9999"},
+            {"field-sleep-seconds"},
+        ),
+        (
+            {"name": "h", "processor": "http", "profile_ids": ["P"], "param-http-url": "http://evil.example/"},
+            {"field-http-url"},
+        ),
         ({"name": "u", "processor": "nope", "profile_ids": ["P"]}, {"processor"}),
         ({"name": "m", "processor": "noop", "profile_ids": ["999999"]}, {"profile_ids"}),
     ],
@@ -88,8 +102,10 @@ def test_create_shows_errors_beside_fields_and_keeps_values(
     app: Flask, client: FlaskClient, make: Factory, form: dict, errors: set[str]
 ) -> None:
     profile_id = make.profiles(1)[0]
-    data = {key: ([str(profile_id) if v == "P" else v for v in value] if isinstance(value, list) else value)
-            for key, value in form.items()}
+    data = {
+        key: ([str(profile_id) if v == "P" else v for v in value] if isinstance(value, list) else value)
+        for key, value in form.items()
+    }
     response = client.post("/batches", data=data)
     assert response.status_code == 422
     soup = soup_of(response)

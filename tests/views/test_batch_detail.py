@@ -19,7 +19,9 @@ def test_detail_page_shows_summary_items_and_log(client: FlaskClient, make: Fact
     assert soup.select_one(".summary-card .batch-status").get_text(strip=True) == "queued"
     assert soup.select_one(".summary-card .queue-position").get_text() == "#1"
     assert [td.get_text(strip=True) for td in soup.select("#item-table tbody tr td:nth-of-type(2)")] == [
-        "p-0(1)", "p-1(2)", "p-2(3)"
+        "p-0(1)",
+        "p-1(2)",
+        "p-2(3)",
     ]
     assert soup.select_one("#item-table thead").get_text(" ", strip=True) == "# Profile Status Attempts Error Duration"
     assert "created nightly" in soup.select_one("#log-lines").get_text()

@@ -67,7 +67,16 @@ def test_table_has_the_columns_and_accessible_headers(client: FlaskClient, make:
     soup = table(client)
     headers = [th.get_text(strip=True) for th in soup.select("#batch-table thead th")]
     assert headers == [
-        "ID", "Name", "Status", "Queue Position", "Progress", "Created", "Started", "Finished", "Duration", "Actions"
+        "ID",
+        "Name",
+        "Status",
+        "Queue Position",
+        "Progress",
+        "Created",
+        "Started",
+        "Finished",
+        "Duration",
+        "Actions",
     ]
     assert all(th.get("scope") == "col" for th in soup.select("#batch-table thead th"))
     assert soup.select_one("#batch-table caption") is not None
