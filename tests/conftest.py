@@ -277,6 +277,19 @@ def settled(app: Flask, clean: None) -> Iterator[None]:
         db.session.remove()
 
 
+def insert_profiles(count: int, prefix: str = "p") -> list[int]:
+    """Insert `count` profiles named PREFIX-1.. in the current app context; return their ids."""
+    ids = db.session.scalars(
+        db.text(
+            "INSERT INTO profiles (name, attributes, created_at) SELECT :prefix || '-' || g, '{}', now()"
+            " FROM generate_series(1, :n) g RETURNING id"
+        ),
+        {"n": count, "prefix": prefix},
+    ).all()
+    db.session.commit()
+    return list(ids)
+
+
 def queue_violations() -> list[str]:
     """Check the contract's queue rules against the database; return what is wrong.
 

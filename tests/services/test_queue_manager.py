@@ -11,7 +11,7 @@ from app.extensions import db
 from app.models import Batch
 from app.services import dispatch
 from app.services.queue_manager import NewBatch, queue_manager
-from tests.conftest import queue_violations, run_in_threads
+from tests.conftest import insert_profiles, queue_violations, run_in_threads
 
 
 @pytest.fixture
@@ -20,22 +20,6 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     calls: list[tuple[int, str]] = []
     monkeypatch.setattr(dispatch, "send_run", lambda batch_id, token: calls.append((batch_id, token)))
     return calls
-
-
-def _profiles(count: int) -> list[int]:
-    rows = (
-        db.session.execute(
-            db.text(
-                "INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
-                " FROM generate_series(1, :n) g RETURNING id"
-            ),
-            {"n": count},
-        )
-        .scalars()
-        .all()
-    )
-    db.session.commit()
-    return list(rows)
 
 
 def _enqueue(app: Flask, profile_ids: list[int], name: str = "b") -> Batch:
@@ -49,7 +33,7 @@ def _enqueue(app: Flask, profile_ids: list[int], name: str = "b") -> Batch:
 def test_enqueue_50_concurrent_creations_give_one_running_and_positions_1_to_49(
     app_ctx: Flask, sent: list[Any]
 ) -> None:
-    profile_ids = _profiles(2)
+    profile_ids = insert_profiles(2)
     ids = run_in_threads(50, lambda i: _enqueue(app_ctx, profile_ids, f"b{i}"))
     rows = db.session.execute(db.select(Batch.status, Batch.queue_position)).all()
     assert sorted(r.status for r in rows).count("in_progress") == 1
@@ -60,7 +44,7 @@ def test_enqueue_50_concurrent_creations_give_one_running_and_positions_1_to_49(
 
 
 def test_promote_next_batch_from_10_threads_starts_exactly_one(app_ctx: Flask, sent: list[Any]) -> None:
-    profile_ids = _profiles(1)
+    profile_ids = insert_profiles(1)
     db.session.execute(db.text("UPDATE queue_state SET paused = true"))
     db.session.commit()
     for i in range(5):
@@ -82,7 +66,7 @@ def test_promote_next_batch_from_10_threads_starts_exactly_one(app_ctx: Flask, s
 
 
 def test_enqueue_while_paused_waits(app_ctx: Flask, sent: list[Any]) -> None:
-    profile_ids = _profiles(1)
+    profile_ids = insert_profiles(1)
     db.session.execute(db.text("UPDATE queue_state SET paused = true"))
     db.session.commit()
     batch_id = _enqueue(app_ctx, profile_ids)
@@ -92,7 +76,7 @@ def test_enqueue_while_paused_waits(app_ctx: Flask, sent: list[Any]) -> None:
 
 
 def test_database_refuses_a_second_running_batch(app_ctx: Flask, sent: list[Any]) -> None:
-    profile_ids = _profiles(1)
+    profile_ids = insert_profiles(1)
     _enqueue(app_ctx, profile_ids)
     second = _enqueue(app_ctx, profile_ids)
     with pytest.raises(Exception, match="batch_one_running"):
@@ -118,7 +102,7 @@ def test_database_refuses_a_second_running_batch(app_ctx: Flask, sent: list[Any]
 def test_database_refuses_a_rank_that_disagrees_with_the_status_or_repeats(
     app_ctx: Flask, sent: list[Any], statement: str, constraint: str
 ) -> None:
-    profile_ids = _profiles(1)
+    profile_ids = insert_profiles(1)
     running = _enqueue(app_ctx, profile_ids)
     queued = _enqueue(app_ctx, profile_ids)
     _enqueue(app_ctx, profile_ids)

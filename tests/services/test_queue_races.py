@@ -13,7 +13,7 @@ from flask import Flask
 from app.errors import Conflict
 from app.extensions import db
 from app.services.queue_manager import NewBatch, queue_manager
-from tests.conftest import ApiClient, queue_violations, run_in_threads, wait_for
+from tests.conftest import ApiClient, insert_profiles, queue_violations, run_in_threads, wait_for
 
 pytestmark = pytest.mark.usefixtures("settled")
 
@@ -151,7 +151,7 @@ def test_move_and_cancel_racing_promotion_never_start_a_moved_away_or_cancelled_
 def test_20_concurrent_moves_and_cancels_keep_positions_gapless_and_match_their_log(
     app_ctx: Flask, celery_worker: Any
 ) -> None:
-    profile_ids = _profiles(1)
+    profile_ids = insert_profiles(1)
     _pause(app_ctx)
     ids = []
     for n in range(16):
@@ -247,19 +247,3 @@ def test_start_pressed_twice_at_once_promotes_exactly_one_batch(api: ApiClient, 
         _stop_running(api)
         _no_violations(app)
     assert _order(api) == []
-
-
-def _profiles(count: int) -> list[int]:
-    rows = (
-        db.session.execute(
-            db.text(
-                "INSERT INTO profiles (name, attributes, created_at) SELECT 'p' || g, '{}', now()"
-                " FROM generate_series(1, :n) g RETURNING id"
-            ),
-            {"n": count},
-        )
-        .scalars()
-        .all()
-    )
-    db.session.commit()
-    return list(rows)
