@@ -4,7 +4,7 @@
 #                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make lint      ruff (installed into .venv on first use)
-#   make bench     the handoff benchmark, bench/handoff.py (BENCH_ARGS="--batches 500")
+#   make bench     bench.handoff, bench.live, bench.control in turn (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS)
 #   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
 
 SHELL := /bin/sh
@@ -16,6 +16,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+LIVE_ARGS ?=
+CONTROL_ARGS ?=
 
 .PHONY: help install run test lint bench clean distclean
 
@@ -45,9 +47,16 @@ lint: install
 	@[ -x $(BIN)/ruff ] || $(BIN)/python -m pip install --disable-pip-version-check -q ruff
 	$(BIN)/ruff check .
 
-# The benchmark prints figures and never fails on them; it migrates a database of its own.
+# The benchmarks print figures and never fail on them; each migrates a database of its own.
+# All three run, one after the other, on the same servers; the target fails if one of them crashed.
+# BENCH_ARGS go to bench.handoff (--batches 500), LIVE_ARGS to bench.live (--samples 60 --batches 10000),
+# CONTROL_ARGS to bench.control (--iterations 20 --queued 10000).
 bench: install
-	$(BIN)/python -m app.embedded run -- $(BIN)/python -m bench.handoff $(BENCH_ARGS)
+	$(BIN)/python -m app.embedded run -- sh -c 'rc=0; \
+	  echo "== bench.handoff"; $(BIN)/python -m bench.handoff $(BENCH_ARGS) || rc=1; \
+	  echo "== bench.live"; $(BIN)/python -m bench.live $(LIVE_ARGS) || rc=1; \
+	  echo "== bench.control"; $(BIN)/python -m bench.control $(CONTROL_ARGS) || rc=1; \
+	  exit $$rc'
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache

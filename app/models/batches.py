@@ -33,7 +33,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import Mapped, aliased, mapped_column, query_expression
+from sqlalchemy.orm import Mapped, aliased, column_property, mapped_column
 
 from app.extensions import db
 from app.models._types import utcnow
@@ -117,9 +117,10 @@ class Batch(db.Model):
 _ranked = aliased(Batch.__table__)
 
 # 0 for the running batch, 1..n for the queued ones, NULL for the rest: one index
-# range count per queued row. Lists of many batches number their page instead
+# range count per queued row, loaded (and refreshed) with the row's columns.
+# Lists of many batches defer it and number their page instead
 # (app/services/batches.py), without this per-row count.
-Batch.queue_position = query_expression(
+Batch.queue_position = column_property(
     case(
         (Batch.status.in_([s.value for s in RUNNING_STATUSES]), literal(0)),
         (

@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import case, func, null, select
-from sqlalchemy.orm import with_expression
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.errors import InvalidInput, NotFound
@@ -64,7 +64,7 @@ def table_order() -> tuple[Any, ...]:
 
 def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Batch]:
     """List batches in table order, optionally of one status."""
-    query = select(Batch).options(with_expression(Batch.queue_position, null())).order_by(*table_order())
+    query = select(Batch).options(defer(Batch.queue_position)).order_by(*table_order())
     if status:
         query = query.where(Batch.status == status)
     listing = paginate(query, page, per_page)

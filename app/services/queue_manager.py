@@ -42,9 +42,13 @@ from app.services import dispatch, events, leases, storable_id
 # A lost run is dispatched again this many times before the batch is failed.
 MAX_RUN_ATTEMPTS = 3
 
-# Space between the ranks of consecutive batches: room for 16 moves between the
-# same two neighbours before the queue is renumbered (one statement, rare).
-RANK_GAP = 1 << 16
+# Space between the ranks of consecutive batches: room for 32 moves between the
+# same two neighbours before the ranks around them must be spread out again.
+RANK_GAP = 1 << 32
+
+# How many batches after a full spot a move may re-rank before it renumbers the
+# whole queue instead (one statement, and only when a long run of ranks is dense).
+RESPACE_WINDOW = 64
 
 
 @dataclass
@@ -119,7 +123,12 @@ _NEIGHBOUR_RANKS = text(
     "SELECT queue_rank FROM batches WHERE queue_rank IS NOT NULL AND id <> :id ORDER BY queue_rank OFFSET :skip LIMIT 2"
 )
 
-# Spread the ranks out again when two neighbours leave no room between them.
+# The batches (other than the one moving) ranked after a full spot.
+_RANKS_AFTER = text(
+    "SELECT id, queue_rank FROM batches WHERE queue_rank > :rank AND id <> :id ORDER BY queue_rank LIMIT :limit"
+)
+
+# The last resort when a long run of ranks is dense: spread the whole queue out.
 _RENUMBER = text(
     """
     UPDATE batches b SET queue_rank = ordered.place * :gap
@@ -137,7 +146,7 @@ _LOCK_RUN = text(
 _END_RUN = text(
     """
     WITH ended AS (
-        UPDATE batches SET status = :status, error = :error, finished_at = :now
+        UPDATE batches SET status = :status, error = coalesce(:error, error), finished_at = :now
         WHERE id = :id RETURNING id
     )
     INSERT INTO batch_logs (batch_id, at, level, message) SELECT id, :now, :level, :message FROM ended
@@ -352,6 +361,7 @@ class QueueManager:
                 and batch.dispatch_token
             ):
                 token = batch.dispatch_token
+                batch.error = f"killed: did not stop within {stop_grace:g}s of the stop"
                 self._log(batch.id, f"did not stop within {stop_grace:g}s; terminating its process", level="warning")
                 change.after_commit.append(lambda: dispatch.revoke_run(token))
             return
@@ -453,8 +463,7 @@ class QueueManager:
     def _rank_for(batch_id: int, target: int) -> int:
         """A free rank that puts the batch at `target` among the other queued batches."""
         for _ in range(2):
-            skip = max(target - 2, 0)
-            ranks = list(db.session.scalars(_NEIGHBOUR_RANKS, {"id": batch_id, "skip": skip}))
+            ranks = list(db.session.scalars(_NEIGHBOUR_RANKS, {"id": batch_id, "skip": max(target - 2, 0)}))
             if target == 1:
                 return ranks[0] - RANK_GAP
             before, after = ranks[0], ranks[1] if len(ranks) > 1 else None
@@ -462,8 +471,42 @@ class QueueManager:
                 return before + RANK_GAP
             if after - before > 1:
                 return before + (after - before) // 2
+            rank = QueueManager._respace_after(batch_id, before)
+            if rank is not None:
+                return rank
             db.session.execute(_RENUMBER, {"gap": RANK_GAP})
         raise RuntimeError("no free rank after renumbering the queue")
+
+    @staticmethod
+    def _respace_after(batch_id: int, before: int) -> int | None:
+        """Make room right after `before` by spreading out the few batches behind it.
+
+        Takes the shortest run of following batches whose ranks leave room for
+        one more, spreads the run evenly over that room and returns the free
+        rank at its front. None if no such run lies within RESPACE_WINDOW
+        batches: the whole queue must be renumbered.
+        """
+        following = db.session.execute(
+            _RANKS_AFTER, {"rank": before, "id": batch_id, "limit": RESPACE_WINDOW + 1}
+        ).all()
+        reaches_the_end = len(following) <= RESPACE_WINDOW
+        for count in range(1, len(following) + 1):
+            if count < len(following):
+                bound = following[count].queue_rank  # the first batch that keeps its rank
+            elif reaches_the_end:
+                bound = before + (count + 2) * RANK_GAP  # nothing behind the run
+            else:
+                return None
+            # The mover takes before + step, the run before + 2 * step .. + (count + 1) * step < bound.
+            step = (bound - before) // (count + 2)
+            if step >= 2:
+                for place, row in enumerate(following[:count], start=2):
+                    db.session.execute(
+                        update(Batch).where(Batch.id == row.id).values(queue_rank=before + place * step),
+                        execution_options={"synchronize_session": False},
+                    )
+                return before + step
+        return None
 
     @staticmethod
     def _log(batch_id: int, message: str, level: str = "info") -> None:

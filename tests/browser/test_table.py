@@ -138,6 +138,15 @@ def test_page_controls_move_remove_stop_and_start(page: Page, app: Flask, api: A
     row(page, b["id"]).locator('[data-action="move-down"]').click()
     expect(row(page, b["id"]).locator("td.queue-position")).to_have_text("#2")
 
+    # Remove asks first: declined, nothing changes; accepted, the batch is cancelled.
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    row(page, a["id"]).locator('[data-action="cancel"]').click()
+    wait_for(lambda: questions)
+    assert questions == [f"Remove batch {a['id']} “a” from the queue?"]
+    page.wait_for_timeout(300)
+    assert batch_row(app, a["id"]).status == "queued" and cells(page, a["id"]) == ("queued", "#1")
+    page.once("dialog", lambda dialog: dialog.accept())
     row(page, a["id"]).locator('[data-action="cancel"]').click()
     expect(row(page, a["id"]).locator("td.batch-status")).to_have_text("cancelled", ignore_case=True)
     expect(row(page, a["id"]).locator("td.queue-position")).to_have_text("-")
@@ -145,6 +154,7 @@ def test_page_controls_move_remove_stop_and_start(page: Page, app: Flask, api: A
 
     row(page, running["id"]).locator('[data-action="stop"]').click()
     expect(row(page, running["id"]).locator("td.batch-status")).to_have_text("stopped", ignore_case=True, timeout=3000)
+    expect(row(page, running["id"]).locator(".phase")).to_have_text("Stopped by alice")
     expect(page.locator("#queue-banner")).to_contain_text("stopped by alice")
     expect(page.locator("#start-button")).to_be_enabled()
     assert cells(page, b["id"]) == ("queued", "#1")

@@ -259,6 +259,7 @@ def test_stopping_batch_whose_run_is_gone_is_stopped_by_the_reconciler_after_the
     assert _send(app, "queue.reconcile") is None  # stopped; paused, so nothing is promoted
     row = _row(app, batch["id"])
     assert (row.status, row.queue_position) == ("stopped", None)
+    assert row.error == "killed: did not stop within 0.01s of the stop"
     assert [(item.status, item.attempts) for item in _items(app, batch["id"])] == [
         ("pending", 1),
         ("pending", 0),
@@ -500,5 +501,6 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     assert _status(app, stubborn) == "stopped"
     assert [(item.status, item.attempts) for item in _items(app, stubborn)] == [("pending", 1), ("pending", 0)]
     assert any("terminating its process" in line for line in _logs(app, stubborn))
+    assert _row(app, stubborn).error == "killed: did not stop within 0.3s of the stop"
     assert api.get("/queue").get_json()["paused"] is True
     assert _violations(app) == []

@@ -111,3 +111,54 @@ def test_database_refuses_a_rank_that_disagrees_with_the_status_or_repeats(
         db.session.commit()
     db.session.rollback()
     assert queue_violations() == []
+
+
+def _queued_ids() -> list[int]:
+    ids = db.session.scalars(db.text("SELECT id FROM batches WHERE status = 'queued' ORDER BY queue_rank")).all()
+    db.session.rollback()
+    return list(ids)
+
+
+def _ranks() -> dict[int, int]:
+    ranks = dict(db.session.execute(db.text("SELECT id, queue_rank FROM batches WHERE status = 'queued'")).all())
+    db.session.rollback()
+    return ranks
+
+
+def _paused_queue(app: Flask, count: int) -> list[int]:
+    db.session.execute(db.text("UPDATE queue_state SET paused = true"))
+    db.session.commit()
+    profile_ids = insert_profiles(1)
+    return [_enqueue(app, profile_ids, f"b{i}") for i in range(count)]
+
+
+def test_moves_into_one_spot_spread_out_only_the_batches_behind_it(app_ctx: Flask, sent: list[Any]) -> None:
+    order = _paused_queue(app_ctx, 12)
+    ahead = {batch_id: rank for batch_id, rank in _ranks().items() if batch_id in order[:2]}
+    # Each move halves the room between #2 and #3: far more moves than the gap allows halvings.
+    for _ in range(80):
+        moved = queue_manager.move(order[-1], 3, "test")
+        order.insert(2, order.pop())
+        assert moved.queue_position == 3
+        assert _queued_ids() == order
+    assert queue_violations() == []
+    assert {batch_id: _ranks()[batch_id] for batch_id in ahead} == ahead  # no renumbering of the whole queue
+
+
+def test_a_dense_run_of_ranks_falls_back_to_renumbering_the_queue(app_ctx: Flask, sent: list[Any]) -> None:
+    order = _paused_queue(app_ctx, 200)
+    db.session.execute(
+        db.text(
+            "UPDATE batches b SET queue_rank = o.place FROM (SELECT id, row_number() OVER (ORDER BY queue_rank)"
+            " AS place FROM batches WHERE status = 'queued') o WHERE b.id = o.id"
+        )
+    )
+    db.session.commit()
+    assert queue_manager.move(order[-1], 50, "test").queue_position == 50
+    order.insert(49, order.pop())
+    assert _queued_ids() == order
+    assert queue_violations() == []
+    assert min(_ranks().values()) > 1  # the whole queue, spread out again
+    assert queue_manager.move(order[10], 40, "test").queue_position == 40
+    order.insert(39, order.pop(10))
+    assert _queued_ids() == order

@@ -183,3 +183,24 @@ def test_table_page_carries_the_live_hooks(client: FlaskClient) -> None:
     assert body["data-live-url"] == "/live/events"
     assert body["data-last-event-id"].isdigit()
     assert table(client).select_one("#table-region")["data-live-src"] == "/batches"
+
+
+@pytest.mark.parametrize(
+    ("status", "values", "phase"),
+    [
+        ("stopping", {"stop_requested_by": "bob"}, "Stop requested by bob; waiting for the run to halt"),
+        ("stopped", {"stop_requested_by": "bob"}, "Stopped by bob"),
+        (
+            "stopped",
+            {"stop_requested_by": "bob", "error": "killed: did not stop within 30s of the stop"},
+            "killed: did not stop within 30s of the stop",
+        ),
+    ],
+)
+def test_table_shows_the_phase_of_a_stop(
+    client: FlaskClient, make: Factory, status: str, values: dict[str, str], phase: str
+) -> None:
+    batch_id = make.batch(status, 0 if status == "stopping" else None, **values)
+    cell = table(client).select_one(f'tr[data-batch-id="{batch_id}"] td.batch-actions')
+    assert cell.select_one(".phase").get_text(strip=True) == phase
+    assert cell.select("button") == []  # nothing to press while it stops or once it has
