@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.embedded.secret_files import ensure_secret, new_secret_key
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,18 +39,6 @@ def _embedded_urls(vdir: Path) -> tuple[str | None, str | None]:
     if found is None:
         return None, None
     return found.database_url, found.redis_url
-
-
-def _kept_secret(vdir: Path, name: str) -> str:
-    """Generate a secret once and keep it under var/, so restarts keep sessions valid."""
-    path = vdir / name
-    if path.exists():
-        return path.read_text().strip()
-    vdir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
 
 
 class ConfigError(RuntimeError):
@@ -90,7 +79,7 @@ class Settings:
             database_url=normalize_database_url(database_url),
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
-            secret_key=env.get("SECRET_KEY") or _kept_secret(vdir, "secret_key"),
+            secret_key=env.get("SECRET_KEY") or ensure_secret(vdir, "secret_key", new_secret_key),
             processor_modules=_split_list(env.get("PROCESSOR_MODULES")),
             http_allowed_hosts=_split_list(env.get("HTTP_PROCESSOR_ALLOWED_HOSTS")),
             heartbeat_timeout=float(env.get("BATCH_HEARTBEAT_TIMEOUT") or 30),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +16,12 @@ import psycopg
 import pytest
 import redis
 
-from app.embedded import servers
+from app.embedded import postgres_server, redis_server
+from app.embedded.processes import pid_alive
 from app.embedded.servers import (
     EmbeddedUrls,
+    Started,
     ensure_running,
-    ensure_secret,
     read_discovery,
     start_servers,
     stop,
@@ -34,9 +35,9 @@ def _pg(url: str) -> str:
 
 
 def _assert_all_stopped(var_dir: Path, pids: set[int]) -> None:
-    assert servers._running_postgres(var_dir) is None
-    assert servers._running_redis(var_dir) is None
-    assert not [pid for pid in pids if servers._pid_alive(pid)]
+    assert postgres_server.running(var_dir) is None
+    assert redis_server.running(var_dir) is None
+    assert not [pid for pid in pids if pid_alive(pid)]
     assert not (var_dir / "embedded.json").exists()
 
 
@@ -53,8 +54,8 @@ def var_dir() -> Iterator[Path]:
     path = root / "var"
     yield path
     stop(path)  # whatever a failing test left behind
-    assert servers._running_postgres(path) is None
-    assert servers._running_redis(path) is None
+    assert postgres_server.running(path) is None
+    assert redis_server.running(path) is None
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -111,7 +112,7 @@ def test_only_what_is_asked_for_starts(var_dir: Path) -> None:
     started = start_servers(var_dir, postgres=False, redis=True)
     assert started.urls == EmbeddedUrls(database_url="", redis_url=started.urls.redis_url)
     assert started.started_redis and not started.started_postgres
-    assert servers._running_postgres(var_dir) is None
+    assert postgres_server.running(var_dir) is None
     assert read_discovery(var_dir) == started.urls
     stop(var_dir)
     assert read_discovery(var_dir) is None
@@ -153,7 +154,7 @@ def test_concurrent_callers_get_one_set_of_servers(var_dir: Path) -> None:
     _assert_all_stopped(var_dir, pids)
 
     # ... and threads of one process race on a restart.
-    found: list[servers.Started] = []
+    found: list[Started] = []
     threads = [threading.Thread(target=lambda: found.append(start_servers(var_dir))) for _ in range(3)]
     for thread in threads:
         thread.start()
@@ -166,16 +167,3 @@ def test_concurrent_callers_get_one_set_of_servers(var_dir: Path) -> None:
     pids = _pids(var_dir)
     stop(var_dir)
     _assert_all_stopped(var_dir, pids)
-
-
-def test_secrets_are_generated_once(tmp_path: Path) -> None:
-    calls: list[int] = []
-
-    def factory() -> str:
-        calls.append(1)
-        return "admin:s3cret"
-
-    assert ensure_secret(tmp_path, "flower_auth", factory) == "admin:s3cret"
-    assert ensure_secret(tmp_path, "flower_auth", lambda: "other") == "admin:s3cret"
-    assert calls == [1]
-    assert (tmp_path / "flower_auth").stat().st_mode & 0o077 == 0
