@@ -3,7 +3,7 @@
 #   make run       the whole stack in the foreground, embedded PostgreSQL/Redis unless
 #                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
-#   make lint      ruff (installed into .venv on first use)
+#   make lint      ruff check and ruff format --check (ruff pinned, installed into .venv on first use)
 #   make bench     bench.handoff, bench.live, bench.control in turn (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS)
 #   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
 
@@ -43,9 +43,14 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
+# ruff is a developer tool, not a dependency of the service: pinned here, installed on first use.
+RUFF_VERSION := 0.17.6
+
 lint: install
-	@[ -x $(BIN)/ruff ] || $(BIN)/python -m pip install --disable-pip-version-check -q ruff
+	@$(BIN)/ruff --version 2>/dev/null | grep -qx 'ruff $(RUFF_VERSION)' || \
+	  $(BIN)/python -m pip install --disable-pip-version-check -q ruff==$(RUFF_VERSION)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The benchmarks print figures and never fail on them; each migrates a database of its own.
 # All three run, one after the other, on the same servers; the target fails if one of them crashed.

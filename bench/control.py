@@ -52,26 +52,15 @@ It works in a database of its own (batchq_bench_control) and Redis database 15.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from bench.handoff import (
-    ROOT,
-    percentile,
-    prepare_database,
-    server_urls,
-    start_worker,
-    wait_for_worker,
-    with_path,
-)
+from bench.handoff import start_worker, wait_for_worker
+from bench.setup import bench_environment, percentile
 
 BENCH_DB = "batchq_bench_control"
 BENCH_REDIS_DB = 15
@@ -350,25 +339,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="calls timed per kind of move/cancel")
     args = parser.parse_args()
 
-    server_url, redis_server = server_urls()
-    redis_url = with_path(redis_server, f"/{BENCH_REDIS_DB}")
-    redis.Redis.from_url(redis_url).flushdb()
-    database_url = prepare_database(server_url, BENCH_DB)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "BATCHQ_EVENTS_CHANNEL": CHANNEL,
-    }
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BATCHQ_EVENTS_CHANNEL")})
+    env = bench_environment(BENCH_DB, BENCH_REDIS_DB, CHANNEL)
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 

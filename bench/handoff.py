@@ -21,22 +21,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.setup import ROOT, bench_environment, percentile
+
 BENCH_DB = "batchq_bench"
 BENCH_REDIS_DB = 14
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def summary(values_ms: list[float]) -> str:
@@ -44,30 +36,6 @@ def summary(values_ms: list[float]) -> str:
         f"p50 {percentile(values_ms, 0.50):6.2f} ms   p95 {percentile(values_ms, 0.95):6.2f} ms   "
         f"p99 {percentile(values_ms, 0.99):6.2f} ms   (n={len(values_ms)})"
     )
-
-
-def server_urls() -> tuple[str, str]:
-    """The PostgreSQL server and Redis to use: the environment's, or the embedded ones."""
-    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not (database_url and redis_url):
-        from app.embedded.servers import ensure_running
-
-        urls = ensure_running(ROOT / "var")
-        database_url, redis_url = database_url or urls.database_url, redis_url or urls.redis_url
-    return database_url, redis_url
-
-
-def with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def prepare_database(server_url: str, name: str = BENCH_DB) -> str:
-    """Create the database `name` afresh on the server; return its URL."""
-    plain = server_url.replace("postgresql+psycopg://", "postgresql://").replace("postgres://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return with_path(plain, f"/{name}")
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -184,24 +152,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     args = parser.parse_args()
 
-    server_url, redis_server = server_urls()
-    redis_url = with_path(redis_server, f"/{BENCH_REDIS_DB}")
-    redis.Redis.from_url(redis_url).flushdb()
-    database_url = prepare_database(server_url)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "BATCHQ_EVENTS_CHANNEL": "batchq-bench:events",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    env = bench_environment(BENCH_DB, BENCH_REDIS_DB, "batchq-bench:events")
     worker = start_worker(env)
     try:
         wait_for_worker(env)

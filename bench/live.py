@@ -16,7 +16,6 @@ It works in a database of its own (batchq_bench_live) and Redis database 13.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
 import subprocess
@@ -25,13 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
 import requests
 
-from bench.handoff import percentile, server_urls, with_path
+from bench.setup import ROOT, bench_environment, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "batchq_bench_live"
 BENCH_REDIS_DB = 13
 CHANNEL = "batchq-bench-live:events"
@@ -73,14 +69,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def prepare_database(server_url: str) -> str:
-    plain = server_url.replace("postgresql+psycopg://", "postgresql://").replace("postgres://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    return with_path(plain, f"/{BENCH_DB}")
 
 
 def start_web(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -242,28 +230,7 @@ def main() -> None:
     parser.add_argument("--screenshot", default="", help="save a PNG of the table with a running and a queued batch")
     args = parser.parse_args()
 
-    server_url, redis_server = server_urls()
-    redis_url = with_path(redis_server, f"/{BENCH_REDIS_DB}")
-    redis.Redis.from_url(redis_url).flushdb()
-    database_url = prepare_database(server_url)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "BATCHQ_EVENTS_CHANNEL": CHANNEL,
-        "SECRET_KEY": "bench-live",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    os.environ.update(
-        {k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BATCHQ_EVENTS_CHANNEL", "SECRET_KEY")}
-    )
+    env = bench_environment(BENCH_DB, BENCH_REDIS_DB, CHANNEL, SECRET_KEY="bench-live")
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
