@@ -34,8 +34,11 @@ $(STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $(STAMP)
 
+# honcho hands each process a PORT of its own, counting from its base (5000 unless told): the base
+# is the web port, so web, the first process, listens on PORT (8000 by default), as README says.
 run: install
-	$(BIN)/python -m app.embedded run -- sh -c '$(BIN)/flask --app wsgi db upgrade && exec $(BIN)/honcho start web worker beat flower'
+	$(BIN)/python -m app.embedded run -- sh -c '$(BIN)/flask --app wsgi db upgrade && \
+	  exec $(BIN)/honcho start --port "$${PORT:-8000}" web worker beat flower'
 
 # Exit code 5 means pytest collected nothing: a suite that silently vanished is a failure too.
 test: install
