@@ -9,7 +9,7 @@ flask_app = create_app()
 celery_app = flask_app.extensions["celery"]
 celery_app.conf.update(include=["tasks.batches", "tasks.queue"])
 
-from workers import signals  # noqa: E402,F401  (connects the promotion chain)
+from workers import quiet_logs, signals  # noqa: E402,F401  (connect the promotion chain and the log filter)
 
 
 @worker_process_init.connect
