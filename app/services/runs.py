@@ -168,7 +168,10 @@ class Claimed:
 # Taking over the batch, in one statement because it lies between one batch's
 # end and the next one's first item: only while the batch is in progress under
 # this run's token, it bumps the attempt, logs the start, reads the items left
-# and marks the first of them running.
+# and marks the first of them running. An item already `running` is left over
+# from an attempt that died with the same token (a message redelivered after a
+# lost connection or a worker shutdown): this run holds the lease, so nobody
+# else is working on it, and it is done again.
 _CLAIM = text(
     """
     WITH own AS (
@@ -183,7 +186,7 @@ _CLAIM = text(
     ), pending AS (
         SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes
         FROM batch_items i JOIN profiles p ON p.id = i.profile_id
-        WHERE i.batch_id IN (SELECT id FROM own) AND i.status = 'pending'
+        WHERE i.batch_id IN (SELECT id FROM own) AND i.status IN ('pending', 'running')
     ), first_started AS (
         UPDATE batch_items SET status = 'running', attempts = attempts + 1, started_at = :now, error = NULL
         WHERE id = (SELECT id FROM pending ORDER BY position LIMIT 1)

@@ -176,6 +176,39 @@ def test_run_with_a_stale_token_returns_stale_and_writes_nothing(
     assert _violations(app) == []
 
 
+def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_item(
+    api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state a killed attempt leaves: claimed, item 1 done, item 2 begun, lease gone, message restored.
+    profile_ids = api.profiles(3)
+    batch = api.batch(profile_ids, "noop")
+    [(_, token)] = unsent
+    _sql(app, "UPDATE batches SET run_attempts = 1, succeeded_items = 1 WHERE id = :id", id=batch["id"])
+    _sql(
+        app,
+        "UPDATE batch_items SET status = 'succeeded', attempts = 1, finished_at = now()"
+        " WHERE batch_id = :id AND position = 0",
+        id=batch["id"],
+    )
+    _sql(
+        app,
+        "UPDATE batch_items SET status = 'running', attempts = 1, started_at = now()"
+        " WHERE batch_id = :id AND position = 1",
+        id=batch["id"],
+    )
+
+    monkeypatch.undo()
+    assert _send(app, "batches.run", batch["id"], token, task_id=token) == "done"
+    row = _row(app, batch["id"])
+    assert (row.status, row.run_attempts, row.succeeded_items, row.error) == ("done", 2, 3, None)
+    assert [(item.status, item.attempts) for item in _items(app, batch["id"])] == [
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("succeeded", 1),
+    ]
+    assert _violations(app) == []
+
+
 def test_lost_run_is_dispatched_again_by_the_reconciler_and_completes(
     api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
