@@ -28,6 +28,12 @@ worker_prefetch_multiplier = 1
 # A broker connection blip would otherwise restore the running message and run it
 # again beside itself; cancel the running copy, the database says where to resume.
 worker_cancel_long_running_tasks_on_connection_loss = True
+# Stopping the worker (the Procfile remaps SIGTERM to a cold shutdown) waits this
+# long for a running batch, then cancels it and puts its message back at once, so
+# the restarted worker resumes the batch at its interrupted item. Plain SIGTERM
+# would wait for the whole batch, hours perhaps; honcho and most supervisors
+# kill after a few seconds, and the batch then waits for the heartbeat timeout.
+worker_soft_shutdown_timeout = 3.0
 
 # Measured from delivery and never refreshed: keep it above the longest batch we
 # expect. A longer one is redelivered, finds the lease taken and returns at once.
