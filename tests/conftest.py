@@ -197,6 +197,29 @@ class ApiClient:
         assert response.status_code == 201, response.get_json()
         return response.get_json()
 
+    def queued_order(self) -> list[int]:
+        """Ids of the queued batches, by position, as the API reports them."""
+        queued = self.get("/batches?status=queued&per_page=500").get_json()["items"]
+        return [b["id"] for b in sorted(queued, key=lambda b: b["queue_position"])]
+
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def user(app: Flask, clean: None) -> str:
+    """A user who can sign in to the pages: alice, with PASSWORD."""
+    with app.app_context():
+        accounts.create_user("alice", PASSWORD)
+        db.session.remove()
+    return "alice"
+
+
+def assert_queue_consistent(app: Flask) -> None:
+    """Assert the queue rules hold in the database right now."""
+    with app.app_context():
+        assert queue_violations() == []
+
 
 @pytest.fixture
 def api(app: Flask, token: str) -> ApiClient:

@@ -17,9 +17,8 @@ from flask import Flask
 from playwright import sync_api
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from app.extensions import db
 from app.live.hub import Hub
-from app.services import accounts
+from tests.conftest import PASSWORD
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -30,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PASSWORD = "correct horse"
 
 # A user's machine may lack Chromium: the browser tests are then skipped with the
 # reason. CI sets REQUIRE_CHROMIUM=1, so that there a missing browser fails the run.
@@ -88,14 +86,6 @@ def browser() -> Iterator[object]:
             yield chromium
         finally:
             chromium.close()
-
-
-@pytest.fixture
-def user(app: Flask, clean: None) -> str:
-    with app.app_context():
-        accounts.create_user("alice", PASSWORD)
-        db.session.remove()
-    return "alice"
 
 
 def sign_in(page: object, base_url: str, username: str = "alice") -> None:

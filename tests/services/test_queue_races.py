@@ -13,7 +13,14 @@ from flask import Flask
 from app.errors import Conflict
 from app.extensions import db
 from app.services.queue_manager import NewBatch, queue_manager
-from tests.conftest import ApiClient, insert_profiles, queue_violations, run_in_threads, wait_for
+from tests.conftest import (
+    ApiClient,
+    assert_queue_consistent,
+    insert_profiles,
+    queue_violations,
+    run_in_threads,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("settled")
 
@@ -29,16 +36,6 @@ def _client(app: Flask, api: ApiClient) -> ApiClient:
 
 def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
     return api.get(f"/batches/{batch_id}").get_json()
-
-
-def _order(api: ApiClient) -> list[int]:
-    queued = api.get("/batches?status=queued&per_page=500").get_json()["items"]
-    return [b["id"] for b in sorted(queued, key=lambda b: b["queue_position"])]
-
-
-def _no_violations(app: Flask) -> None:
-    with app.app_context():
-        assert queue_violations() == []
 
 
 def _pause(app: Flask) -> None:
@@ -75,7 +72,7 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
             return clients[index].post(f"/batches/{target['id']}/stop").status_code
 
         codes = sorted(run_in_threads(2, stop))
-        _no_violations(app)
+        assert_queue_consistent(app)
         ended = wait_for(lambda: (b := _batch(api, target["id"]))["finished_at"] and b, timeout=5)
         items = api.get(f"/batches/{target['id']}/items").get_json()["items"]
         assert all(item["status"] in ("succeeded", "pending") for item in items)
@@ -94,7 +91,7 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
             assert codes == [409, 409], (seconds, delay, codes)
             assert ended["status"] == "done" and queue["paused"] is False
         wait_for(lambda: _batch(api, behind["id"])["status"] == "done", timeout=5)
-        _no_violations(app)
+        assert_queue_consistent(app)
     assert set(outcomes) == {"stopped", "done"}, outcomes
 
 
@@ -108,7 +105,7 @@ def test_move_and_cancel_racing_promotion_never_start_a_moved_away_or_cancelled_
     clients = [_client(app, api) for _ in range(3)]
     celery = app.extensions["celery"]
     for round_ in range(8):
-        head, second = _order(api)[:2]
+        head, second = api.queued_order()[:2]
         by_task = round_ % 2 == 1
 
         def act(index: int) -> Any:
@@ -125,7 +122,7 @@ def test_move_and_cancel_racing_promotion_never_start_a_moved_away_or_cancelled_
                 db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL"))
                 db.session.commit()
         promoted, moved, cancelled = run_in_threads(3, act)
-        _no_violations(app)
+        assert_queue_consistent(app)
         running = api.get("/queue").get_json()["running"]
         assert running is not None and running["status"] == "in_progress"
         if by_task:
@@ -139,11 +136,11 @@ def test_move_and_cancel_racing_promotion_never_start_a_moved_away_or_cancelled_
         if cancelled == 200:
             assert _batch(api, second)["status"] == "cancelled"
         if moved == 200:
-            assert _order(api)[-1] == head
+            assert api.queued_order()[-1] == head
         started = api.get("/batches?status=in_progress").get_json()["total"]
         assert started == 1
         _stop_running(api)  # pauses the queue again for the next round
-        _no_violations(app)
+        assert_queue_consistent(app)
         for n in range(2):
             api.batch(profile_ids, "sleep", name=f"refill {round_}.{n}", seconds=5)
 
@@ -231,9 +228,9 @@ def test_start_pressed_twice_at_once_promotes_exactly_one_batch(api: ApiClient, 
     for n in range(3):
         api.batch(profile_ids, "sleep", name=f"b{n}", seconds=5)
     for _ in range(3):
-        head = _order(api)[0]
+        head = api.queued_order()[0]
         assert sorted(run_in_threads(2, start)) == [200, 409]
-        _no_violations(app)
+        assert_queue_consistent(app)
         queue = api.get("/queue").get_json()
         assert queue["paused"] is False and queue["running"]["id"] == head
         assert api.get("/batches?status=in_progress").get_json()["total"] == 1
@@ -245,5 +242,5 @@ def test_start_pressed_twice_at_once_promotes_exactly_one_batch(api: ApiClient, 
             db.session.rollback()
         assert started == 1
         _stop_running(api)
-        _no_violations(app)
-    assert _order(api) == []
+        assert_queue_consistent(app)
+    assert api.queued_order() == []

@@ -15,7 +15,7 @@ from marshmallow import Schema, fields
 
 from app.processors import registry
 from app.processors.base import ProfileData, RunContext
-from tests.conftest import ApiClient, queue_violations, wait_for
+from tests.conftest import ApiClient, assert_queue_consistent, wait_for
 
 pytestmark = pytest.mark.usefixtures("settled")
 
@@ -38,17 +38,6 @@ def _queue(api: ApiClient) -> dict[str, Any]:
 
 def _positions(api: ApiClient, ids: list[int]) -> dict[int, int | None]:
     return {batch_id: _batch(api, batch_id)["queue_position"] for batch_id in ids}
-
-
-def _order(api: ApiClient) -> list[int]:
-    """Ids of the queued batches, by position."""
-    queued = api.get("/batches?status=queued&per_page=500").get_json()["items"]
-    return [b["id"] for b in sorted(queued, key=lambda b: b["queue_position"])]
-
-
-def _no_violations(app: Flask) -> None:
-    with app.app_context():
-        assert queue_violations() == []
 
 
 def _item_running(api: ApiClient, batch_id: int, index: int) -> bool:
@@ -126,7 +115,7 @@ def test_stop_mid_batch_halts_within_a_second_leaves_items_pending_and_pauses_un
     queue = _queue(api)
     assert queue["paused"] is True and queue["paused_by"] == "token:tests"
     assert queue["running"]["id"] == running["id"] and queue["start_enabled"] is False
-    _no_violations(app)
+    assert_queue_consistent(app)
 
     wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=1.5)
     assert time.monotonic() - acknowledged_at < 1.0
@@ -150,7 +139,7 @@ def test_stop_mid_batch_halts_within_a_second_leaves_items_pending_and_pauses_un
     assert (_batch(api, behind["id"])["status"], _batch(api, behind["id"])["queue_position"]) == ("queued", 1)
     queue = _queue(api)
     assert queue["paused"] is True and queue["running"] is None and queue["start_enabled"] is True
-    _no_violations(app)
+    assert_queue_consistent(app)
 
     while_paused = api.batch(profile_ids[:1], "noop", name="while paused")
     assert (while_paused["status"], while_paused["queue_position"]) == ("queued", 2)
@@ -165,7 +154,7 @@ def test_stop_mid_batch_halts_within_a_second_leaves_items_pending_and_pauses_un
     assert first["status"] == "done" and first["finished_at"] <= second["started_at"]
     assert _batch(api, running["id"])["status"] == "stopped"
     assert _queue(api)["paused"] is False
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_stop_interrupts_a_waiting_http_item_within_a_second(
@@ -180,7 +169,7 @@ def test_stop_interrupts_a_waiting_http_item_within_a_second(
     wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=1.5)
     assert time.monotonic() - acknowledged_at < 1.0
     assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [("pending", 1), ("pending", 0)]
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_the_task_halts(
@@ -199,7 +188,7 @@ def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_th
     queue = _queue(api)
     assert queue["running"]["status"] == "stopping" and queue["start_enabled"] is False
     assert _batch(api, batch["id"])["status"] == "stopping"
-    _no_violations(app)
+    assert_queue_consistent(app)
 
     wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=3)
     # The item under way when the stop came finished its work; nothing after it began.
@@ -209,7 +198,7 @@ def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_th
         ("pending", 0),
     ]
     assert _batch(api, newcomer["id"])["status"] == "queued"
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_stop_between_items_keeps_the_next_item_from_starting_even_before_the_watcher_looks(
@@ -231,7 +220,7 @@ def test_stop_between_items_keeps_the_next_item_from_starting_even_before_the_wa
         ("pending", 0),
     ]
     assert _logs(api, batch["id"])[-1] == "stopped (2 items left pending)"
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_stop_and_start_refuse_with_409_in_every_forbidden_state(
@@ -254,7 +243,7 @@ def test_stop_and_start_refuse_with_409_in_every_forbidden_state(
     wait_for(lambda: _batch(api, queued["id"])["status"] == "done", timeout=5)
     assert api.post(f"/batches/{queued['id']}/stop").status_code == 409  # done
     assert _batch(api, running["id"])["status"] == "stopped"
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_cancel_and_move_refuse_with_409_unless_queued(api: ApiClient, app: Flask, celery_worker: Any) -> None:
@@ -278,13 +267,13 @@ def test_cancel_and_move_refuse_with_409_unless_queued(api: ApiClient, app: Flas
         queued["id"]: 1,
         cancelled["id"]: None,
     }
-    _no_violations(app)
+    assert_queue_consistent(app)
 
     assert api.post(f"/batches/{running['id']}/stop").status_code == 200
     wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=2)
     for action, body in (("cancel", None), ("move", {"position": 1})):
         assert api.post(f"/batches/{running['id']}/{action}", body).status_code == 409  # stopped
-    _no_violations(app)
+    assert_queue_consistent(app)
 
 
 def test_move_to_front_back_past_the_end_and_middle_keeps_positions_gapless(
@@ -293,7 +282,7 @@ def test_move_to_front_back_past_the_end_and_middle_keeps_positions_gapless(
     profile_ids = api.profiles(1)
     api.batch(profile_ids, "sleep", name="running", seconds=30)
     b1, b2, b3, b4, b5 = (api.batch(profile_ids, "noop", name=f"b{n}")["id"] for n in range(1, 6))
-    assert _order(api) == [b1, b2, b3, b4, b5]
+    assert api.queued_order() == [b1, b2, b3, b4, b5]
 
     steps = [
         (b5, 1, 1, [b5, b1, b2, b3, b4]),  # to the front
@@ -307,8 +296,8 @@ def test_move_to_front_back_past_the_end_and_middle_keeps_positions_gapless(
         response = api.post(f"/batches/{batch_id}/move", {"position": position})
         assert response.status_code == 200, response.get_json()
         assert (response.get_json()["status"], response.get_json()["queue_position"]) == ("queued", landed)
-        assert _order(api) == expected, (batch_id, position)
-        _no_violations(app)
+        assert api.queued_order() == expected, (batch_id, position)
+        assert_queue_consistent(app)
     logs = _logs(api, b5)
     assert "moved from #5 to #1 by token:tests" in logs and "moved from #1 to #5 by token:tests" in logs
     assert not any(line.startswith("moved") for line in _logs(api, b3))  # moving in place writes nothing
@@ -324,9 +313,9 @@ def test_cancel_front_back_and_middle_closes_the_gap(api: ApiClient, app: Flask,
         assert response.status_code == 200, response.get_json()
         body = response.get_json()
         assert (body["status"], body["queue_position"]) == ("cancelled", None) and body["finished_at"]
-        assert _order(api) == expected
+        assert api.queued_order() == expected
         assert _logs(api, batch_id)[-1] == "cancelled by token:tests"
-        _no_violations(app)
+        assert_queue_consistent(app)
     assert api.post(f"/batches/{b4}/move", {"position": 1}).get_json()["queue_position"] == 1
-    assert _order(api) == [b4, b2]
-    _no_violations(app)
+    assert api.queued_order() == [b4, b2]
+    assert_queue_consistent(app)

@@ -18,17 +18,7 @@ from flask.testing import FlaskClient
 from app.extensions import db
 from app.models import Batch, BatchItem, BatchLog, Profile
 from app.models._types import utcnow
-from app.services import accounts
-
-PASSWORD = "correct horse"
-
-
-@pytest.fixture
-def user(app: Flask, clean: None) -> str:
-    with app.app_context():
-        accounts.create_user("alice", PASSWORD)
-        db.session.remove()
-    return "alice"
+from tests.conftest import PASSWORD
 
 
 @pytest.fixture

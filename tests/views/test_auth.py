@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from tests.views.conftest import PASSWORD
+from tests.conftest import PASSWORD
 
 PAGES = ["/", "/batches", "/batches/new", "/batches/1", "/batches/1/log", "/profiles"]
 
