@@ -11,10 +11,11 @@
 
   var POLL_MS = 2000;       // polling period while the stream is down
   var RETRY_MS = 15000;     // next stream attempt after the server refused one
-  var ITEM_GAP_MS = 300;    // progress-only hints refresh at most this often
   var MAX_HINTS = 20;       // more pending hints than this: just refresh everything
 
   var body = document.body;
+  // Progress-only hints refresh at most this often (the table asks for 1 s: many keep it open).
+  var ITEM_GAP_MS = Number(body.dataset.liveItemGap) || 300;
 
   function setState(mode, text) {
     body.dataset.live = mode;
