@@ -209,6 +209,7 @@ def test_table_shows_the_phase_of_a_stop(
 def test_table_asks_for_progress_refreshes_once_a_second_at_most(client: FlaskClient) -> None:
     # The batch page keeps the script's 300 ms; the table, open on many screens, asks for 1 s.
     assert table(client).body["data-live-item-gap"] == "1000"
-    assert BeautifulSoup(client.get("/profiles").get_data(as_text=True), "html.parser").body.get(
-        "data-live-item-gap"
-    ) is None
+    assert (
+        BeautifulSoup(client.get("/profiles").get_data(as_text=True), "html.parser").body.get("data-live-item-gap")
+        is None
+    )
