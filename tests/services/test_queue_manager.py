@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from flask import Flask
 from app.extensions import db
 from app.models import Batch
 from app.services import dispatch
+from app.services import queue_manager as queue_manager_module
 from app.services.queue_manager import NewBatch, queue_manager
 from tests.conftest import insert_profiles, queue_violations, run_in_threads
 
@@ -162,3 +164,42 @@ def test_a_dense_run_of_ranks_falls_back_to_renumbering_the_queue(app_ctx: Flask
     assert queue_manager.move(order[10], 40, "test").queue_position == 40
     order.insert(39, order.pop(10))
     assert _queued_ids() == order
+
+
+def test_random_moves_cancels_and_arrivals_with_tiny_rank_gaps_keep_the_order_a_list_would(
+    app_ctx: Flask, sent: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Gaps of 4 run out after two halvings: nearly every move has to spread
+    # ranks out or renumber, the paths a real queue reaches only rarely.
+    monkeypatch.setattr(queue_manager_module, "RANK_GAP", 4)
+    monkeypatch.setattr(queue_manager_module, "RESPACE_WINDOW", 3)
+    respaced: list[int | None] = []
+    respace = queue_manager_module.QueueManager._respace_after
+
+    def counted(batch_id: int, before: int) -> int | None:
+        respaced.append(respace(batch_id, before))
+        return respaced[-1]
+
+    monkeypatch.setattr(queue_manager_module.QueueManager, "_respace_after", staticmethod(counted))
+    rng = random.Random(7)
+    order = _paused_queue(app_ctx, 15)
+    profile_ids = insert_profiles(1, prefix="late")
+    for step in range(250):
+        action = rng.random()
+        if action < 0.75 and order:
+            batch_id = rng.choice(order)
+            position = rng.randint(1, len(order) + 2)
+            moved = queue_manager.move(batch_id, position, "test")
+            order.remove(batch_id)
+            order.insert(min(position, len(order) + 1) - 1, batch_id)
+            assert moved.queue_position == order.index(batch_id) + 1, step
+        elif action < 0.9 and order:
+            batch_id = rng.choice(order)
+            queue_manager.cancel(batch_id, "test")
+            order.remove(batch_id)
+        else:
+            order.append(_enqueue(app_ctx, profile_ids, f"late{step}"))
+        assert _queued_ids() == order, step
+    assert queue_violations() == []
+    # Both ways out of a full spot were taken: a local spread, and the whole-queue renumber.
+    assert any(rank is not None for rank in respaced) and None in respaced
