@@ -130,6 +130,8 @@ class Hub:
                 self._subscribe_and_relay(resync=not first)
                 return
             except (redis.RedisError, OSError):
+                if self.connected.is_set():  # it was up: a fresh loss starts the back-off over
+                    delay = 0.5
                 log.warning("live hub lost Redis; retrying in %.1fs", delay, exc_info=True)
                 self.connected.clear()
                 first = False
