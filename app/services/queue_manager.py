@@ -307,12 +307,23 @@ class QueueManager:
 
     def move(self, batch_id: int, position: int, actor: str) -> Batch:
         """Put a queued batch at a position (1-based; past the end means last)."""
+        return self._move(batch_id, lambda current: position, actor)
+
+    def move_by(self, batch_id: int, steps: int, actor: str) -> Batch:
+        """Move a queued batch `steps` places towards the end (negative: the front), from where it is now.
+
+        The table's up and down controls: counted under the queue lock, so two
+        clicks at once move the batch two places, not one.
+        """
+        return self._move(batch_id, lambda current: current + steps, actor)
+
+    def _move(self, batch_id: int, target_of: Callable[[int], int], actor: str) -> Batch:
         with self._change() as change:
             batch = self._locked_batch(batch_id)
             if batch.status != BatchStatus.QUEUED:
                 raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be moved")
             current = batch.queue_position
-            target = max(1, min(position, self._queued_count()))
+            target = max(1, min(target_of(current), self._queued_count()))
             if target != current:
                 batch.queue_rank = self._rank_for(batch.id, target)
                 self._log(batch.id, f"moved from #{current} to #{target} by {actor}")

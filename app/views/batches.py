@@ -153,10 +153,7 @@ def cancel(batch_id: int) -> ResponseReturnValue:
 
 def _move(batch_id: int, step: int) -> ResponseReturnValue:
     def run() -> str:
-        current = batches.get_batch(batch_id)
-        if current.status != BatchStatus.QUEUED or current.queue_position is None:
-            raise InvalidInput(f"batch {batch_id} is {current.status.replace('_', ' ')}; only queued batches move")
-        batch = queue_manager.move(batch_id, max(1, current.queue_position + step), current_user.username)
+        batch = queue_manager.move_by(batch_id, step, current_user.username)
         return f"Batch {batch.id} is now #{batch.queue_position}."
 
     return _control(run)

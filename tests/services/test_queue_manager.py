@@ -203,3 +203,16 @@ def test_random_moves_cancels_and_arrivals_with_tiny_rank_gaps_keep_the_order_a_
     assert queue_violations() == []
     # Both ways out of a full spot were taken: a local spread, and the whole-queue renumber.
     assert any(rank is not None for rank in respaced) and None in respaced
+
+
+def test_two_move_ups_at_once_move_the_batch_two_places(app_ctx: Flask, sent: list[Any]) -> None:
+    order = _paused_queue(app_ctx, 6)
+    mover = order[4]
+
+    def up(_: int) -> int:
+        with app_ctx.app_context():
+            return queue_manager.move_by(mover, -1, "test").id
+
+    run_in_threads(2, up)
+    assert _queued_ids().index(mover) + 1 == 3
+    assert queue_violations() == []
