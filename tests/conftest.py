@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings, normalize_database_url
@@ -142,13 +143,36 @@ def celery_worker(app: Flask) -> Iterator[Any]:
 
 @pytest.fixture
 def clean(app: Flask) -> Iterator[None]:
-    """Empty tables and an un-paused queue before the test; committed for real."""
+    """Empty tables and an un-paused queue before the test; committed for real.
+
+    An earlier test may have left its batch to the session's worker (a page
+    test that creates one, say): that run is stopped and waited for first, or
+    its writes would race the TRUNCATE.
+    """
     with app.app_context():
-        db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
-        db.session.commit()
+        _settle_runs()
+        for attempt in range(3):
+            try:
+                db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+                db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
+                db.session.commit()
+                break
+            except OperationalError as exc:  # a run that began after the wait
+                db.session.rollback()
+                if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 2:
+                    raise
         db.session.remove()
     yield
+
+
+def _settle_runs() -> None:
+    """Stop the running batch, if any, and wait until no run holds a lease."""
+    from app.services.queue_manager import queue_manager
+
+    running = queue_manager.get_running_batch()
+    if running is not None and running.status == "in_progress":
+        queue_manager.stop(running.id, "teardown")
+    wait_for(lambda: not held_leases(), timeout=15)
 
 
 @pytest.fixture
@@ -290,13 +314,8 @@ def settled(app: Flask, clean: None) -> Iterator[None]:
     "duplicate".
     """
     yield
-    from app.services.queue_manager import queue_manager
-
     with app.app_context():
-        running = queue_manager.get_running_batch()
-        if running is not None and running.status == "in_progress":
-            queue_manager.stop(running.id, "teardown")
-        wait_for(lambda: not held_leases(), timeout=15)
+        _settle_runs()
         db.session.remove()
 
 
