@@ -10,16 +10,14 @@ from app.services.queue_manager import queue_manager
 @shared_task(name="queue.promote_next", soft_time_limit=30, time_limit=60)
 def promote_next() -> int | None:
     """Start the head of the queue if the running slot is free."""
-    batch = queue_manager.promote_next_batch()
-    return batch.id if batch is not None else None
+    return queue_manager.promote_next_batch()
 
 
 # Run by beat every few seconds: the guarantee behind the signal chain.
 @shared_task(name="queue.reconcile", soft_time_limit=30, time_limit=60)
 def reconcile() -> int | None:
     """Recover a lost run and promote the head if the slot is free."""
-    batch = queue_manager.recover_lost_run(
+    return queue_manager.recover_lost_run(
         heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"],
         stop_grace=current_app.config["STOP_GRACE_SECONDS"],
     )
-    return batch.id if batch is not None else None

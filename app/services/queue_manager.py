@@ -250,16 +250,16 @@ class QueueManager:
             self._promote_head(change)
         return batch, True
 
-    def promote_next_batch(self) -> Batch | None:
-        """Start the head of the queue if nothing runs and the queue isn't paused.
+    def promote_next_batch(self) -> int | None:
+        """Start the head of the queue if nothing runs and the queue isn't paused; return its id.
 
         Idempotent: called twice, or from many workers at once, it starts at most
         one batch, because the queue lock serializes the callers and the second
-        finds the slot taken.
+        finds the slot taken. It returns the id rather than the row: it runs
+        between two batches, while the new run starts beside it on two cores.
         """
         with self._change() as change:
-            promoted = self._promote_head(change)
-        return db.session.get(Batch, promoted) if promoted is not None else None
+            return self._promote_head(change)
 
     def finish_run(self, batch_id: int, token: str, error: str | None = None) -> str | None:
         """Record the end of a run: done, failed or (after a stop) stopped.
@@ -343,8 +343,8 @@ class QueueManager:
             change.publish("queue", None)
         return self.snapshot()
 
-    def recover_lost_run(self, heartbeat_timeout: float, stop_grace: float) -> Batch | None:
-        """Rescue the running batch when its run is gone, then fill a free slot.
+    def recover_lost_run(self, heartbeat_timeout: float, stop_grace: float) -> int | None:
+        """Rescue the running batch when its run is gone, then fill a free slot (the id it started).
 
         A run is lost when no process holds its lease (the lease is a session
         advisory lock, freed within milliseconds of its holder's death) and its
@@ -356,8 +356,7 @@ class QueueManager:
             batch = db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update())
             if batch is not None:
                 self._recover(change, batch, heartbeat_timeout, stop_grace)
-            promoted = self._promote_head(change)
-        return db.session.get(Batch, promoted) if promoted is not None else None
+            return self._promote_head(change)
 
     # --- the rules' building blocks (always called inside _change) ------------
 

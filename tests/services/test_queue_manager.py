@@ -56,8 +56,7 @@ def test_promote_next_batch_from_10_threads_starts_exactly_one(app_ctx: Flask, s
 
     def promote(_: int) -> int | None:
         with app_ctx.app_context():
-            batch = queue_manager.promote_next_batch()
-            return batch.id if batch else None
+            return queue_manager.promote_next_batch()
 
     results = run_in_threads(10, promote)
     assert [r for r in results if r is not None] == [1]
