@@ -261,14 +261,24 @@ class QueueManager:
         with self._change() as change:
             return self._promote_head(change)
 
-    def finish_run(self, batch_id: int, token: str, error: str | None = None) -> str | None:
+    def finish_run(
+        self,
+        batch_id: int,
+        token: str,
+        error: str | None = None,
+        record_last: Callable[[], bool] | None = None,
+    ) -> str | None:
         """Record the end of a run: done, failed or (after a stop) stopped.
 
         Fenced by the dispatch token: a run that was presumed lost and replaced
-        changes nothing. Promotion is not done here; the run task's success or
-        failure signal chains it.
+        changes nothing. `record_last` writes the run's last item in the same
+        transaction (after the queue lock, the order every change takes locks
+        in) and says whether the run still owned the batch. Promotion is not
+        done here; the run task's success or failure signal chains it.
         """
         with self._change() as change:
+            if record_last is not None and not record_last():
+                return None
             status = self._end_run(change, batch_id, error, token=token)
         return status
 

@@ -121,9 +121,10 @@ def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbe
         return _end_if_stopped_before_claim(batch_id, token)
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     error: str | None = None
+    last_item: ItemRecord | None = None
     try:
         watcher.start()
-        error = _run_items(claimed, token, watcher)
+        error, last_item = _run_items(claimed, token, watcher)
     except Fenced:
         return "fenced"
     except Exception as exc:  # the processor loop itself broke: the batch fails, the queue goes on
@@ -132,7 +133,8 @@ def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbe
         error = f"run crashed: {type(exc).__name__}: {exc}"
     finally:
         watcher.finish()
-    return queue_manager.finish_run(batch_id, token, error) or "fenced"
+    record_last = last_item.write if last_item is not None else None
+    return queue_manager.finish_run(batch_id, token, error, record_last=record_last) or "fenced"
 
 
 def _end_if_stopped_before_claim(batch_id: int, token: str) -> str:
@@ -251,10 +253,16 @@ def _claim(batch_id: int, token: str) -> Claimed | None:
     return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
 
 
-def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> str | None:
+def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> tuple[str | None, ItemRecord | None]:
+    """Run the items; return an error for the batch, and the last item's record if still to be written.
+
+    The last item's outcome is written in the transaction that ends the batch
+    (one commit fewer between this batch and the next); the others are written
+    as they finish.
+    """
     processor = processors.get(claimed.processor)
     if processor is None:
-        return f"processor {claimed.processor!r} is not registered on this worker"
+        return f"processor {claimed.processor!r} is not registered on this worker", None
     batch_id, items = claimed.batch_id, claimed.items
     for index, item in enumerate(items):
         already_started = index == 0 and claimed.first_started
@@ -262,11 +270,17 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> str | None:
             break
         ctx = ItemContext(batch_id, watcher)
         outcome = _process(processor, item, claimed.parameters, ctx)
-        last = index == len(items) - 1
-        _finish_item(batch_id, token, item, outcome, ctx, claimed.total, announce=not last)
+        record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
+        if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
+            return None, record
+        if not record.write():
+            db.session.rollback()
+            raise Fenced()
+        db.session.commit()
+        events.publish("item", batch_id)
         if outcome.status is ItemStatus.PENDING:
             break
-    return None
+    return None, None
 
 
 @dataclass
@@ -301,43 +315,50 @@ def _start_item(batch_id: int, token: str, item_id: int) -> bool:
     return started is not None
 
 
-def _finish_item(
-    batch_id: int, token: str, item: PendingItem, outcome: Outcome, ctx: ItemContext, total: int, announce: bool
-) -> None:
-    """Record the item's outcome, the batch's progress and the log in one transaction."""
-    now, interrupted = utcnow(), outcome.status is ItemStatus.PENDING
-    if interrupted:
-        message = "interrupted by the stop; left pending"
-    elif outcome.status is ItemStatus.SUCCEEDED:
-        message = "succeeded"
-    else:
-        message = f"failed: {outcome.error}"
-    lines = [{"level": level, "message": f"{item.profile.name}: {line}"} for level, line in ctx.lines]
-    lines.append(
-        {
-            "level": "error" if outcome.status is ItemStatus.FAILED else "info",
-            "message": f"item {item.position + 1}/{total} ({item.profile.name}) {message}",
-        }
-    )
-    owned = db.session.execute(
-        _FINISH_ITEM,
-        {
-            "batch_id": batch_id,
-            "token": token,
-            "item_id": item.id,
-            "status": outcome.status.value,
-            "result": json.dumps(outcome.result) if outcome.result is not None else None,
-            "error": outcome.error,
-            "interrupted": interrupted,
-            "finished_at": None if interrupted else now,
-            "succeeded": int(outcome.status is ItemStatus.SUCCEEDED),
-            "failed": int(outcome.status is ItemStatus.FAILED),
-            "now": now,
-            "lines": json.dumps(lines),
-        },
-    ).scalar()
-    db.session.commit()
-    if not owned:
-        raise Fenced()
-    if announce:  # the last item's news comes with the batch's end, a moment later
-        events.publish("item", batch_id)
+@dataclass
+class ItemRecord:
+    """An item's outcome, stamped when the processor finished, ready to be written."""
+
+    parameters: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, batch_id: int, token: str, item: PendingItem, outcome: Outcome, ctx: ItemContext, total: int
+    ) -> ItemRecord:
+        now, interrupted = utcnow(), outcome.status is ItemStatus.PENDING
+        if interrupted:
+            message = "interrupted by the stop; left pending"
+        elif outcome.status is ItemStatus.SUCCEEDED:
+            message = "succeeded"
+        else:
+            message = f"failed: {outcome.error}"
+        lines = [{"level": level, "message": f"{item.profile.name}: {line}"} for level, line in ctx.lines]
+        lines.append(
+            {
+                "level": "error" if outcome.status is ItemStatus.FAILED else "info",
+                "message": f"item {item.position + 1}/{total} ({item.profile.name}) {message}",
+            }
+        )
+        return cls(
+            {
+                "batch_id": batch_id,
+                "token": token,
+                "item_id": item.id,
+                "status": outcome.status.value,
+                "result": json.dumps(outcome.result) if outcome.result is not None else None,
+                "error": outcome.error,
+                "interrupted": interrupted,
+                "finished_at": None if interrupted else now,
+                "succeeded": int(outcome.status is ItemStatus.SUCCEEDED),
+                "failed": int(outcome.status is ItemStatus.FAILED),
+                "now": now,
+                "lines": json.dumps(lines),
+            }
+        )
+
+    def write(self) -> bool:
+        """Write the outcome, the batch's progress and the log line in the session's transaction.
+
+        False when the run no longer owns the batch (nothing is written then).
+        """
+        return bool(db.session.execute(_FINISH_ITEM, self.parameters).scalar())

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -174,6 +175,29 @@ def test_run_with_a_stale_token_returns_stale_and_writes_nothing(
     assert _send(app, "batches.run", batch["id"], new_token, task_id=new_token) == "stale"
     assert (_row(app, batch["id"]), _items(app, batch["id"]), _logs(app, batch["id"])) == after
     assert _violations(app) == []
+
+
+def test_run_replaced_during_its_last_item_writes_neither_that_item_nor_the_end(
+    api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last item's outcome is written with the batch's end: both must be fenced together.
+    profile_ids = api.profiles(2)
+    batch = api.batch(profile_ids, "sleep", seconds=0.6)
+    [(_, token)] = unsent
+    monkeypatch.undo()
+    outcome: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(_send(app, "batches.run", batch["id"], token, task_id=token))
+    )
+    runner.start()
+    wait_for(lambda: _items(app, batch["id"])[1].status == "running", timeout=5)
+    _sql(app, "UPDATE batches SET dispatch_token = 'newer' WHERE id = :id", id=batch["id"])  # as a re-dispatch would
+    runner.join(timeout=10)
+    assert outcome == ["fenced"]
+    row = _row(app, batch["id"])
+    assert (row.status, row.succeeded_items, row.finished_at) == ("in_progress", 1, None)
+    assert [item.status for item in _items(app, batch["id"])] == ["succeeded", "running"]
+    assert not any(line.startswith("item 2/2") or line.startswith("finished") for line in _logs(app, batch["id"]))
 
 
 def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_item(
