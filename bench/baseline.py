@@ -23,7 +23,8 @@ def chain_next_ping(sender=None, result=None, **_: object) -> None:  # type: ign
     ended = time.time()
     index, total = result
     if index + 1 < total:
-        sender.app.send_task("bench.ping", args=[index + 1, total], queue="control")
+        # As the promotion chain sends: no result subscription (see app/services/dispatch.py).
+        sender.app.send_task("bench.ping", args=[index + 1, total], queue="control", ignore_result=True)
     _recorder().rpush("bench:baseline", f"{sender.request.bench_started},{ended}")
 
 

@@ -28,7 +28,7 @@ def _ended_a_run(sender: Task | None) -> bool:
 def _publish_promotion(sender: Task) -> None:
     for attempt in range(3):
         try:
-            sender.app.send_task(PROMOTE_TASK, queue=CONTROL_QUEUE)
+            sender.app.send_task(PROMOTE_TASK, queue=CONTROL_QUEUE, ignore_result=True)
             return
         except Exception:
             log.warning("could not publish the promotion (attempt %d)", attempt + 1, exc_info=True)
