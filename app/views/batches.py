@@ -70,14 +70,14 @@ def _table_args() -> dict[str, Any]:
 def _table_context(page: int, status: str | None) -> dict[str, Any]:
     listing = batches.list_batches(page, PER_PAGE, status)
     last_page = max(1, -(-listing.total // PER_PAGE))
-    queued_last = queue_manager.get_next_position() - 1
+    queue = queue_manager.snapshot()
     return {
         "listing": listing,
         "last_page": last_page,
         "status": status,
         "statuses": STATUSES,
-        "queue": queue_manager.snapshot(),
-        "queued_last": queued_last,
+        "queue": queue,
+        "queued_last": queue.queued_count,  # the last queued batch's position
         "self_url": url_for("batches.index", page=page if page > 1 else None, status=status),
         "action_form": FlaskForm(),
     }
