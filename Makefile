@@ -3,6 +3,7 @@
 #   make run       the whole stack in the foreground, embedded PostgreSQL/Redis unless
 #                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
+#   make test-faults  the fault-injection suite alone (killed workers, a stopped Redis, lost messages)
 #   make lint      ruff check and ruff format --check (ruff pinned, installed into .venv on first use)
 #   make bench     bench.handoff, bench.live, bench.control in turn (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS)
 #   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
@@ -19,7 +20,7 @@ BENCH_ARGS ?=
 LIVE_ARGS ?=
 CONTROL_ARGS ?=
 
-.PHONY: help install run test lint bench clean distclean
+.PHONY: help install run test test-faults lint bench clean distclean
 
 help:
 	@sed -n '2,9s/^# \{0,1\}//p' Makefile
@@ -45,6 +46,10 @@ test: install
 	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
+
+# The fault-injection suite alone (it is part of `make test` too).
+test-faults: install
+	@$(MAKE) --no-print-directory test PYTEST_ARGS="-m faults tests/faults $(PYTEST_ARGS)"
 
 # ruff is a developer tool, not a dependency of the service: pinned here, installed on first use.
 RUFF_VERSION := 0.17.6

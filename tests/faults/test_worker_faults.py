@@ -1,0 +1,76 @@
+"""A real prefork worker, killed or stopped mid-batch: the queue recovers on its own."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from celery import Celery
+from flask import Flask
+
+from app.services.queue_manager import queue_manager
+from tests.conftest import ApiClient, wait_for
+from tests.faults.conftest import WorkerProcess
+from tests.faults.helpers import (
+    batch_row,
+    batch_status,
+    enqueue,
+    heartbeat_older_than,
+    item_rows,
+    lease_free,
+    log_lines,
+    violations,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
+
+
+def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume_not_rerun(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    sender: Celery = prefork_worker.sender  # type: ignore[attr-defined]
+    prefork_worker.start(sender)
+    profile_ids = api.profiles(6)
+    batch_id = enqueue(app, profile_ids, "sleep", seconds=0.4)
+    wait_for(lambda: item_rows(app, batch_id)[2].status == "running", timeout=15)
+    done_before = [(item.attempts, item.finished_at) for item in item_rows(app, batch_id)[:2]]
+    first_token = batch_row(app, batch_id).dispatch_token
+
+    prefork_worker.kill()
+    wait_for(lambda: lease_free(app, batch_id), timeout=3)  # the dead run's lease went with it
+    assert batch_status(app, batch_id) == "in_progress"
+    prefork_worker.start(sender)
+    wait_for(lambda: heartbeat_older_than(app, batch_id, 2.2), timeout=5)
+
+    reconciled = sender.send_task(
+        "queue.reconcile", queue="control", ignore_result=False
+    )  # the new worker's reconciler
+    assert reconciled.get(timeout=10) is None
+    wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
+    row = batch_row(app, batch_id)
+    assert row.run_attempts == 2 and row.dispatch_token != first_token and row.succeeded_items == 6
+    items = item_rows(app, batch_id)
+    assert [(item.attempts, item.finished_at) for item in items[:2]] == done_before  # not rerun
+    assert [item.attempts for item in items] == [1, 1, 2, 1, 1, 1]  # the interrupted one resumed
+    logs = log_lines(app, batch_id)
+    assert "run lost (no heartbeat); dispatching it again" in logs
+    assert any(line.startswith("run began") and line.endswith("(attempt 2)") for line in logs)
+    assert violations(app) == []
+
+    # The same worker, a processor that ignores the stop: the reconciler's hard stop ends it.
+    stubborn = enqueue(app, profile_ids[:2], "stubborn", seconds=30)
+    wait_for(lambda: item_rows(app, stubborn)[0].status == "running", timeout=10)
+    assert api.post(f"/batches/{stubborn}/stop").get_json()["status"] == "stopping"
+    time.sleep(0.5)
+    assert batch_status(app, stubborn) == "stopping"  # it did not notice
+    with app.app_context():
+        queue_manager.recover_lost_run(heartbeat_timeout=2, stop_grace=0.3)
+    wait_for(lambda: lease_free(app, stubborn), timeout=5)  # its process was terminated
+    wait_for(lambda: heartbeat_older_than(app, stubborn, 2.2), timeout=5)
+    assert sender.send_task("queue.reconcile", queue="control", ignore_result=False).get(timeout=10) is None
+    assert batch_status(app, stubborn) == "stopped"
+    assert [(item.status, item.attempts) for item in item_rows(app, stubborn)] == [("pending", 1), ("pending", 0)]
+    assert any("terminating its process" in line for line in log_lines(app, stubborn))
+    assert batch_row(app, stubborn).error == "killed: did not stop within 0.3s of the stop"
+    assert api.get("/queue").get_json()["paused"] is True
+    assert violations(app) == []
