@@ -25,9 +25,10 @@ task_acks_late = True
 task_reject_on_worker_lost = False
 # One message at a time per process: a worker must not hoard the next batch run.
 worker_prefetch_multiplier = 1
-# A broker connection blip would otherwise restore the running message and run it
-# again beside itself; cancel the running copy, the database says where to resume.
-worker_cancel_long_running_tasks_on_connection_loss = True
+# A broker connection blip restores the running message, and its copy runs beside
+# it: the copy finds the run's lease taken and returns at once, so the running
+# batch is left to go on (cancelling it would only redo its current item).
+worker_cancel_long_running_tasks_on_connection_loss = False
 # Stopping the worker (the Procfile remaps SIGTERM to a cold shutdown) waits this
 # long for a running batch, then cancels it and puts its message back at once, so
 # the restarted worker resumes the batch at its interrupted item. Plain SIGTERM
@@ -52,11 +53,9 @@ worker_send_task_events = True
 task_send_sent_event = False
 task_track_started = False
 
-# The reconciler: the real guarantee that the queue moves if a signal was lost
-# or a worker died. Ordinary handoffs don't wait for it.
-beat_schedule = {
-    "reconcile-queue": {"task": "queue.reconcile", "schedule": 5.0, "options": {"expires": 5.0}},
-}
+# The reconciler (queue.reconcile), the real guarantee that the queue moves if a
+# signal was lost or a worker died, runs on beat every RECONCILE_INTERVAL seconds:
+# its schedule is set in app/tasking.py from the settings. Handoffs don't wait for it.
 
 timezone = "UTC"
 enable_utc = True

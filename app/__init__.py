@@ -32,6 +32,8 @@ def _configure(app: Flask, settings: Settings, overrides: dict[str, Any]) -> Non
         EVENTS_CHANNEL=settings.events_channel,
         HTTP_PROCESSOR_ALLOWED_HOSTS=settings.http_allowed_hosts,
         BATCH_HEARTBEAT_TIMEOUT=settings.heartbeat_timeout,
+        BATCH_MAX_RUN_ATTEMPTS=settings.max_run_attempts,
+        RECONCILE_INTERVAL=settings.reconcile_interval,
         # Seconds a stopping run gets before the hard-stop fallback terminates it.
         STOP_GRACE_SECONDS=30.0,
         MAX_CONTENT_LENGTH=1024 * 1024,

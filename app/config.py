@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from app.embedded.secret_files import ensure_secret, new_secret_key
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_N = TypeVar("_N", int, float)
 
 
 def normalize_database_url(url: str) -> str:
@@ -17,6 +21,20 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def _positive(env: dict[str, str], name: str, default: _N, kind: Callable[[str], _N]) -> _N:
+    """A positive number from the environment, or the default; a bad value names its variable."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ConfigError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
+    return value
 
 
 def _split_list(value: str | None) -> tuple[str, ...]:
@@ -56,6 +74,8 @@ class Settings:
     processor_modules: tuple[str, ...] = ()
     http_allowed_hosts: tuple[str, ...] = ()
     heartbeat_timeout: float = 30.0
+    max_run_attempts: int = 3
+    reconcile_interval: float = 5.0
     events_channel: str = "batchq:events"
     testing: bool = False
     extra: dict[str, object] = field(default_factory=dict)
@@ -82,6 +102,8 @@ class Settings:
             secret_key=env.get("SECRET_KEY") or ensure_secret(vdir, "secret_key", new_secret_key),
             processor_modules=_split_list(env.get("PROCESSOR_MODULES")),
             http_allowed_hosts=_split_list(env.get("HTTP_PROCESSOR_ALLOWED_HOSTS")),
-            heartbeat_timeout=float(env.get("BATCH_HEARTBEAT_TIMEOUT") or 30),
+            heartbeat_timeout=_positive(env, "BATCH_HEARTBEAT_TIMEOUT", 30.0, float),
+            max_run_attempts=_positive(env, "BATCH_MAX_RUN_ATTEMPTS", 3, int),
+            reconcile_interval=_positive(env, "RECONCILE_INTERVAL", 5.0, float),
             events_channel=env.get("BATCHQ_EVENTS_CHANNEL") or "batchq:events",
         )

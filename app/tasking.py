@@ -7,6 +7,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
+from app.redis_transport import transport_for
+
 
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app from celeryconfig.py and the app's settings (Flask's pattern)."""
@@ -20,8 +22,14 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.config_from_object("celeryconfig")
     celery_app.conf.update(
         broker_url=app.config["CELERY_BROKER_URL"],
+        broker_transport=transport_for(app.config["CELERY_BROKER_URL"]),
         result_backend=app.config["REDIS_URL"],
     )
+    interval = app.config["RECONCILE_INTERVAL"]
+    # A reconcile that waited longer than its period is superseded by the next one.
+    celery_app.conf.beat_schedule = {
+        "reconcile-queue": {"task": "queue.reconcile", "schedule": interval, "options": {"expires": interval}},
+    }
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

@@ -9,7 +9,8 @@ flask_app = create_app()
 celery_app = flask_app.extensions["celery"]
 celery_app.conf.update(include=["tasks.batches", "tasks.queue"])
 
-from workers import quiet_logs, signals  # noqa: E402,F401  (connect the promotion chain and the log filter)
+# Connect the promotion chain, the SIGTERM hand-back and the log filter.
+from workers import hand_back, quiet_logs, signals  # noqa: E402,F401
 
 
 @worker_process_init.connect

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.signals import task_failure, task_success
 
-from app.services.dispatch import CONTROL_QUEUE, PROMOTE_TASK, RUN_BATCH_TASK
+from app.services.dispatch import CONTROL_QUEUE, PROMOTE_TASK, RECOVER_TASK, RUN_BATCH_TASK
 
 log = logging.getLogger(__name__)
 
@@ -25,25 +25,36 @@ def _ended_a_run(sender: Task | None) -> bool:
     return sender is not None and getattr(sender, "name", None) == RUN_BATCH_TASK
 
 
-def _publish_promotion(sender: Task) -> None:
-    for attempt in range(3):
-        try:
-            sender.app.send_task(PROMOTE_TASK, queue=CONTROL_QUEUE, ignore_result=True)
-            return
-        except Exception:
-            log.warning("could not publish the promotion (attempt %d)", attempt + 1, exc_info=True)
-    log.error("promotion not published; the reconciler will promote within its period")
+# Publishing waits out a broker restart of a few seconds (kombu's retry policy);
+# past that the promotion is lost and the reconciler promotes within its period.
+_PUBLISH_RETRY = {"max_retries": 10, "interval_start": 0.1, "interval_step": 0.3, "interval_max": 1.0}
+
+
+def _publish(sender: Task, name: str, args: list[Any] | None = None) -> None:
+    try:
+        sender.app.send_task(
+            name, args=args, queue=CONTROL_QUEUE, ignore_result=True, retry=True, retry_policy=_PUBLISH_RETRY
+        )
+    except Exception:
+        log.exception("could not publish %s; the reconciler will repair the queue within its period", name)
 
 
 @task_success.connect
 def promote_after_success(sender: Task | None = None, **_: Any) -> None:
     """A run returned: the slot may be free, let the queue move."""
     if _ended_a_run(sender):
-        _publish_promotion(sender)
+        _publish(sender, PROMOTE_TASK)
 
 
 @task_failure.connect
-def promote_after_failure(sender: Task | None = None, **_: Any) -> None:
-    """A run raised or its process died: the failure must not block the queue."""
-    if _ended_a_run(sender):
-        _publish_promotion(sender)
+def recover_after_failure(sender: Task | None = None, args: Any = None, **_: Any) -> None:
+    """A run raised or its process died: recover it now rather than at the heartbeat timeout.
+
+    The recovery promotes the head too, so a failure never blocks the queue.
+    """
+    if not _ended_a_run(sender):
+        return
+    if isinstance(args, list | tuple) and len(args) == 2:
+        _publish(sender, RECOVER_TASK, list(args))
+    else:  # no arguments to recover with: at least let the queue move
+        _publish(sender, PROMOTE_TASK)

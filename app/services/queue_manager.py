@@ -16,6 +16,7 @@ row, however long the queue.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +40,10 @@ from app.models._types import utcnow
 from app.models.queue_state import QUEUE_STATE_ID
 from app.services import dispatch, events, leases, storable_id
 
-# A lost run is dispatched again this many times before the batch is failed.
+log = logging.getLogger(__name__)
+
+# Runs a batch may begin before a lost one fails it instead of being dispatched
+# again (BATCH_MAX_RUN_ATTEMPTS overrides it).
 MAX_RUN_ATTEMPTS = 3
 
 # Space between the ranks of consecutive batches: room for 32 moves between the
@@ -209,7 +213,10 @@ class QueueManager:
             db.session.rollback()
             raise
         for action in change.after_commit:
-            action()
+            try:
+                action()
+            except Exception:  # the change is committed; a lost dispatch is the reconciler's to repair
+                log.exception("an after-commit action failed (broker unreachable?); the reconciler will repair it")
 
     def enqueue(self, new: NewBatch) -> tuple[Batch, bool]:
         """Add a batch at the end of the queue and start it if the slot is free.
@@ -353,24 +360,46 @@ class QueueManager:
             change.publish("queue", None)
         return self.snapshot()
 
-    def recover_lost_run(self, heartbeat_timeout: float, stop_grace: float) -> int | None:
+    def recover_lost_run(
+        self, heartbeat_timeout: float, stop_grace: float, max_attempts: int = MAX_RUN_ATTEMPTS
+    ) -> int | None:
         """Rescue the running batch when its run is gone, then fill a free slot (the id it started).
 
         A run is lost when no process holds its lease (the lease is a session
         advisory lock, freed within milliseconds of its holder's death) and its
         heartbeat is older than the timeout. A lost run is dispatched again with
         a new token (the remaining items run; the old dispatch is fenced off), or
-        failed after MAX_RUN_ATTEMPTS; a lost stopping run is simply stopped.
+        failed after `max_attempts` runs began; a lost stopping run is simply stopped.
         """
         with self._change() as change:
             batch = db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update())
             if batch is not None:
-                self._recover(change, batch, heartbeat_timeout, stop_grace)
+                self._recover(change, batch, heartbeat_timeout, stop_grace, max_attempts)
+            return self._promote_head(change)
+
+    def recover_dead_run(self, batch_id: int, token: str, max_attempts: int = MAX_RUN_ATTEMPTS) -> int | None:
+        """Rescue a run whose task just failed (its process died, or it raised), then fill a free slot.
+
+        Celery reported this dispatch's end, so there is no need to wait for the
+        heartbeat: if the batch still carries the token and nobody holds its
+        lease, the run is gone now. Anything else (a newer run, a live holder,
+        a batch that ended) is left alone.
+        """
+        with self._change() as change:
+            batch = db.session.scalar(
+                select(Batch)
+                .where(Batch.id == batch_id, Batch.status.in_(RUNNING_STATUSES), Batch.dispatch_token == token)
+                .with_for_update()
+            )
+            if batch is not None and not leases.is_held(batch.id):
+                self._relaunch_or_end(change, batch, "its worker process died", max_attempts)
             return self._promote_head(change)
 
     # --- the rules' building blocks (always called inside _change) ------------
 
-    def _recover(self, change: _Change, batch: Batch, heartbeat_timeout: float, stop_grace: float) -> None:
+    def _recover(
+        self, change: _Change, batch: Batch, heartbeat_timeout: float, stop_grace: float, max_attempts: int
+    ) -> None:
         now = utcnow()
         held = leases.is_held(batch.id)
         if held:
@@ -388,12 +417,16 @@ class QueueManager:
         beat = batch.heartbeat_at or batch.started_at or now
         if now - beat < timedelta(seconds=heartbeat_timeout):
             return
+        self._relaunch_or_end(change, batch, "no heartbeat", max_attempts)
+
+    def _relaunch_or_end(self, change: _Change, batch: Batch, reason: str, max_attempts: int) -> None:
+        """A running batch's run is gone: stop it if it was stopping, fail it past the limit, else run it again."""
         if batch.status == BatchStatus.STOPPING:
             self._end_run(change, batch.id, None)
-        elif batch.run_attempts >= MAX_RUN_ATTEMPTS:
+        elif batch.run_attempts >= max_attempts:
             self._end_run(change, batch.id, f"run lost {batch.run_attempts} times (worker died or unreachable)")
         else:
-            self._log(batch.id, "run lost (no heartbeat); dispatching it again", level="warning")
+            self._log(batch.id, f"run lost ({reason}); dispatching it again", level="warning")
             self._dispatch(change, batch)
 
     def _promote_head(self, change: _Change) -> int | None:

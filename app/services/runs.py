@@ -19,19 +19,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from app import processors
 from app.extensions import db
 from app.models import BatchStatus, ItemStatus
 from app.models._types import utcnow
 from app.processors import ItemFailed, ProfileData, StopRequested
-from app.services import events, leases
+from app.services import dispatch, events, leases
 from app.services.queue_manager import queue_manager
 
 log = logging.getLogger(__name__)
 
 # How often the watcher looks for a stop: the built-in processors notice it within this.
 STOP_POLL_SECONDS = 0.2
+
+# Set in a pool process whose worker is shutting down (SIGTERM, see
+# workers/hand_back.py): the run lets its current item finish, then hands the
+# batch back to the broker under the same token, to resume where it stopped.
+shutdown_requested = threading.Event()
+
+HANDED_BACK = "handed back"
 
 
 class Fenced(Exception):
@@ -103,16 +111,33 @@ class ItemContext:
 
 
 def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str:
-    """Run the batch's pending items and commit its end; return what happened, in a word."""
+    """Run the batch's pending items and commit its end; return what happened, in a word.
+
+    An OperationalError (the database went away) is raised, not recorded: the
+    batch is not at fault, and the task's failure signal recovers the run once
+    the database answers again.
+    """
     with db.engine.connect() as lease_connection:
         lease_connection = lease_connection.execution_options(isolation_level="AUTOCOMMIT")
         if not leases.try_acquire(lease_connection, batch_id):
             return "duplicate"
         try:
-            return _run_leased(lease_connection, batch_id, token, heartbeat_timeout)
+            outcome = _run_leased(lease_connection, batch_id, token, heartbeat_timeout)
         finally:
-            db.session.rollback()
-            leases.release(lease_connection, batch_id)
+            _release(lease_connection, batch_id)
+    if outcome == HANDED_BACK:  # only now: a copy delivered while we held the lease would have been dropped
+        dispatch.hand_back_run(batch_id, token)
+    return outcome
+
+
+def _release(lease_connection: Connection, batch_id: int) -> None:
+    """Give the lease back; if the connection is broken, end its database session, which frees it too."""
+    try:
+        db.session.rollback()
+        leases.release(lease_connection, batch_id)
+    except OperationalError:
+        log.warning("could not release the lease of batch %s; closing its connection instead", batch_id)
+        lease_connection.invalidate()
 
 
 def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbeat_timeout: float) -> str:
@@ -120,21 +145,39 @@ def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbe
     if claimed is None:
         return _end_if_stopped_before_claim(batch_id, token)
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
-    error: str | None = None
-    last_item: ItemRecord | None = None
+    ended = ItemsEnd()
     try:
         watcher.start()
-        error, last_item = _run_items(claimed, token, watcher)
+        ended = _run_items(claimed, token, watcher)
     except Fenced:
         return "fenced"
+    except OperationalError:
+        db.session.rollback()
+        raise
     except Exception as exc:  # the processor loop itself broke: the batch fails, the queue goes on
         log.exception("run of batch %s crashed", batch_id)
         db.session.rollback()
-        error = f"run crashed: {type(exc).__name__}: {exc}"
+        ended = ItemsEnd(error=f"run crashed: {type(exc).__name__}: {exc}")
     finally:
         watcher.finish()
-    record_last = last_item.write if last_item is not None else None
-    return queue_manager.finish_run(batch_id, token, error, record_last=record_last) or "fenced"
+    if ended.handed_back:
+        _log_if_owned(batch_id, token, "worker shutting down: run handed back between items, to resume elsewhere")
+        return HANDED_BACK
+    record_last = ended.last_item.write if ended.last_item is not None else None
+    return queue_manager.finish_run(batch_id, token, ended.error, record_last=record_last) or "fenced"
+
+
+_LOG_IF_OWNED = text(
+    """
+    INSERT INTO batch_logs (batch_id, at, level, message)
+    SELECT id, :now, 'warning', :message FROM batches WHERE id = :id AND dispatch_token = :token
+    """
+)
+
+
+def _log_if_owned(batch_id: int, token: str, message: str) -> None:
+    db.session.execute(_LOG_IF_OWNED, {"id": batch_id, "token": token, "now": utcnow(), "message": message})
+    db.session.commit()
 
 
 def _end_if_stopped_before_claim(batch_id: int, token: str) -> str:
@@ -253,8 +296,18 @@ def _claim(batch_id: int, token: str) -> Claimed | None:
     return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
 
 
-def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> tuple[str | None, ItemRecord | None]:
-    """Run the items; return an error for the batch, and the last item's record if still to be written.
+@dataclass
+class ItemsEnd:
+    """How the item loop ended: an error for the batch, the last item's record still
+    to be written with the batch's end, or a hand-back because the worker is shutting down."""
+
+    error: str | None = None
+    last_item: ItemRecord | None = None
+    handed_back: bool = False
+
+
+def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> ItemsEnd:
+    """Run the items, one at a time, until they are done, a stop comes or the worker shuts down.
 
     The last item's outcome is written in the transaction that ends the batch
     (one commit fewer between this batch and the next); the others are written
@@ -262,17 +315,19 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> tuple[str | No
     """
     processor = processors.get(claimed.processor)
     if processor is None:
-        return f"processor {claimed.processor!r} is not registered on this worker", None
+        return ItemsEnd(error=f"processor {claimed.processor!r} is not registered on this worker")
     batch_id, items = claimed.batch_id, claimed.items
     for index, item in enumerate(items):
-        already_started = index == 0 and claimed.first_started
-        if not already_started and (watcher.stop_seen.is_set() or not _start_item(batch_id, token, item.id)):
-            break
+        if index > 0 or not claimed.first_started:
+            if shutdown_requested.is_set():
+                return ItemsEnd(handed_back=True)
+            if watcher.stop_seen.is_set() or not _start_item(batch_id, token, item.id):
+                break
         ctx = ItemContext(batch_id, watcher)
         outcome = _process(processor, item, claimed.parameters, ctx)
         record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
         if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
-            return None, record
+            return ItemsEnd(last_item=record)
         if not record.write():
             db.session.rollback()
             raise Fenced()
@@ -280,7 +335,7 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> tuple[str | No
         events.publish("item", batch_id)
         if outcome.status is ItemStatus.PENDING:
             break
-    return None, None
+    return ItemsEnd()
 
 
 @dataclass

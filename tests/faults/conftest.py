@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from celery import Celery
 from flask import Flask
 
 from app.config import Settings
+from app.embedded import redis_server
 from app.services import dispatch
 from tests.conftest import SESSION_TAG, wait_for
 
@@ -23,25 +26,44 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """A `celery worker` subprocess (prefork) on keys of its own, killed like a lost machine."""
+    """A `celery worker` subprocess (prefork), started as the Procfile starts it, on Redis keys of its own.
 
-    def __init__(self, settings: Settings, prefix: str, log_dir: Path) -> None:
+    `sender` is a Celery app on the same broker and keys: the test's dispatches go
+    through it, so this worker (and only it) receives them.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str, log_dir: Path) -> None:
+        self.prefix = f"batchq-{SESSION_TAG}-faults-{uuid.uuid4().hex[:6]}:"
+        self.redis_url = redis_url
         self.env = {
             **os.environ,
             "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
+            "REDIS_URL": redis_url,
             "SECRET_KEY": "test-secret",
             "BATCHQ_EVENTS_CHANNEL": settings.events_channel,
             "BATCH_HEARTBEAT_TIMEOUT": "2",
             "PROCESSOR_MODULES": "tests.faults.stubborn",
-            "BATCHQ_TEST_KEYPREFIX": prefix,
+            "BATCHQ_TEST_KEYPREFIX": self.prefix,
+            "REMAP_SIGTERM": "SIGQUIT",  # as the Procfile's worker line
             "PYTHONPATH": str(ROOT),
         }
+        self.sender = Celery("faults", set_as_current=False)
+        self.sender.config_from_object("celeryconfig")
+        self.sender.conf.update(
+            broker_url=redis_url,
+            result_backend=redis_url,
+            broker_transport_options={**self.sender.conf.broker_transport_options, "global_keyprefix": self.prefix},
+            result_backend_transport_options={
+                **self.sender.conf.result_backend_transport_options,
+                "global_keyprefix": self.prefix,
+            },
+        )
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
+        self.beat: subprocess.Popen[bytes] | None = None
         self.started = 0
 
-    def start(self, sender: Celery) -> None:
+    def start(self, queues: str = "batches,control") -> None:
         self.started += 1
         name = f"faults{self.started}-{SESSION_TAG}@%h"
         log = (self.log_dir / f"worker{self.started}.log").open("wb")
@@ -58,7 +80,7 @@ class WorkerProcess:
                 "-c",
                 "2",
                 "-Q",
-                "batches,control",
+                queues,
                 "-n",
                 name,
                 "--without-gossip",
@@ -73,11 +95,36 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: self._answers(sender, name.replace("%h", "")), timeout=20, interval=0.1)
+        self.name = name.replace("%h", "")
+        self.hostname = name.replace("%h", socket.gethostname())
+        wait_for(lambda: self._answers(self.name), timeout=20, interval=0.1)
 
-    def _answers(self, sender: Celery, prefix: str) -> bool:
+    def start_beat(self, interval: float = 1.0) -> None:
+        """Celery beat on the same keys, sending queue.reconcile every `interval` seconds."""
+        log = (self.log_dir / "beat.log").open("wb")
+        self.beat = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.faults.worker_app:celery_app",
+                "beat",
+                "-s",
+                str(self.log_dir / "beat-schedule"),
+                "-l",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env={**self.env, "RECONCILE_INTERVAL": str(interval)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _answers(self, prefix: str) -> bool:
         assert self.process is not None and self.process.poll() is None, self.log()
-        replies = sender.control.ping(timeout=0.3) or []
+        replies = self.sender.control.ping(timeout=0.3) or []
         return any(name.startswith(prefix) for reply in replies for name in reply)
 
     def kill(self) -> None:
@@ -86,36 +133,83 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def terminate_group(self, timeout: float = 20) -> float:
+        """SIGTERM to the whole process group at once, as honcho and systemd send it; seconds until it exited."""
+        assert self.process is not None
+        began = time.monotonic()
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=timeout)
+        return time.monotonic() - began
+
+    def pool_child_running(self, task_id: str) -> int:
+        """The pid of the pool child executing this task (asked of the worker itself)."""
+
+        def find() -> int | None:
+            replies = self.sender.control.inspect(timeout=0.5).active() or {}
+            return next(
+                (
+                    request["worker_pid"]
+                    for requests in replies.values()
+                    for request in requests
+                    if request["id"] == task_id
+                ),
+                None,
+            )
+
+        return wait_for(find, timeout=10, interval=0.1)
+
     def log(self) -> str:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
+
+    def close(self) -> None:
+        self.kill()
+        if self.beat is not None:
+            self.beat.kill()
+            self.beat.wait(timeout=10)
+        try:
+            client = redis.Redis.from_url(self.redis_url)
+            keys = list(client.scan_iter(match=f"{self.prefix}*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            self.sender.close()
 
 
 @pytest.fixture
 def prefork_worker(
     app: Flask, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkerProcess]:
-    """A prefork worker subprocess, with this process's dispatches routed to it (and only to it)."""
-    prefix = f"batchq-{SESSION_TAG}-faults-{uuid.uuid4().hex[:6]}:"
-    sender = Celery("faults", set_as_current=False)
-    sender.config_from_object("celeryconfig")
-    sender.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=settings.redis_url,
-        broker_transport_options={**sender.conf.broker_transport_options, "global_keyprefix": prefix},
-        result_backend_transport_options={
-            **sender.conf.result_backend_transport_options,
-            "global_keyprefix": prefix,
-        },
-    )
-    monkeypatch.setattr(dispatch, "celery", lambda: sender)
-    worker = WorkerProcess(settings, prefix, tmp_path)
-    worker.sender = sender  # type: ignore[attr-defined]
+    """A prefork worker subprocess (not started yet), with this process's dispatches routed to it."""
+    worker = WorkerProcess(settings, settings.redis_url, tmp_path)
+    monkeypatch.setattr(dispatch, "celery", lambda: worker.sender)
     try:
         yield worker
     finally:
-        worker.kill()
-        client = redis.Redis.from_url(settings.redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        sender.close()
+        worker.close()
+
+
+class RedisServer:
+    """A redis-server of the test's own (the embedded one, on a free port), to stop and start again."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.var_dir = var_dir
+        redis_server.ensure_started(var_dir)
+        found = redis_server.running(var_dir)
+        assert found is not None
+        self.url = redis_server.redis_url(found[1])
+
+    def stop(self) -> None:
+        redis_server.stop(self.var_dir)  # SIGTERM: it writes its append-only file and exits, like SHUTDOWN
+
+    def start(self) -> None:
+        redis_server.ensure_started(self.var_dir)  # same port, same data
+        assert self.url == redis_server.redis_url(redis_server.running(self.var_dir)[1])  # type: ignore[index]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "var")
+    try:
+        yield server
+    finally:
+        redis_server.stop(server.var_dir)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from app.extensions import db
 from app.services import dispatch, leases
 from app.services.queue_manager import MAX_RUN_ATTEMPTS, queue_manager
-from tests.conftest import ApiClient, wait_for
+from tests.conftest import ApiClient, run_in_threads, wait_for
 from tests.faults.helpers import (
     age_heartbeat,
     batch_row,
@@ -310,7 +310,7 @@ def test_reconciler_promotes_the_head_when_the_promotion_signal_is_lost(
     import workers.signals
 
     lost: list[str] = []
-    monkeypatch.setattr(workers.signals, "_publish_promotion", lambda sender: lost.append(sender.name))
+    monkeypatch.setattr(workers.signals, "_publish", lambda sender, name, args=None: lost.append(name))
     profile_ids = api.profiles(2)
     batch = api.batch(profile_ids, "sleep", seconds=0.1)
     behind = api.batch(profile_ids, "noop", name="behind")
@@ -321,4 +321,60 @@ def test_reconciler_promotes_the_head_when_the_promotion_signal_is_lost(
 
     assert send_and_wait(app, "queue.reconcile") == behind["id"]
     wait_for(lambda: batch_status(app, behind["id"]) == "done", timeout=10)
+    assert violations(app) == []
+
+
+def _recover_in_app(app: Flask, call: Any) -> Any:
+    with app.app_context():
+        return call()
+
+
+def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exactly_once(
+    api: ApiClient, app: Flask, unsent: list[tuple[int, str]]
+) -> None:
+    profile_ids = api.profiles(2)
+    batch = api.batch(profile_ids, "noop")
+    behind = api.batch(profile_ids, "noop", name="behind")
+    [(_, lost_token)] = unsent
+    age_heartbeat(app, batch["id"])  # its run never began: no lease, no heartbeat
+
+    recoveries = [
+        lambda: queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
+        lambda: queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
+        lambda: queue_manager.recover_dead_run(batch["id"], lost_token),
+    ]
+    for _ in range(3):  # three rounds: the serialization must hold every time, not by luck
+        results = run_in_threads(len(recoveries), lambda index: _recover_in_app(app, recoveries[index]))
+        assert results == [None, None, None]  # the slot stays taken: nobody promotes `behind`
+        lost_token = batch_row(app, batch["id"]).dispatch_token
+        age_heartbeat(app, batch["id"])
+    assert len(unsent) == 1 + 3  # the first dispatch, then exactly one per round
+    assert len({token for _, token in unsent}) == 4
+    assert (
+        log_lines(app, batch["id"]).count("run lost (no heartbeat); dispatching it again")
+        + log_lines(app, batch["id"]).count("run lost (its worker process died); dispatching it again")
+        == 3
+    )
+    assert (batch_status(app, behind["id"]), batch_row(app, behind["id"]).queue_position) == ("queued", 1)
+    assert violations(app) == []
+
+
+def test_failure_recovery_leaves_a_run_alone_when_its_lease_is_held_or_its_token_is_old(
+    api: ApiClient, app: Flask, unsent: list[tuple[int, str]], lease: Any
+) -> None:
+    profile_ids = api.profiles(2)
+    batch = api.batch(profile_ids, "noop")
+    [(_, token)] = unsent
+    held = lease(batch["id"])
+    with app.app_context():
+        assert queue_manager.recover_dead_run(batch["id"], token) is None  # a live process holds it
+    held.invalidate()
+    wait_for(lambda: lease_free(app, batch["id"]), timeout=2)
+    with app.app_context():
+        assert queue_manager.recover_dead_run(batch["id"], "an-older-token") is None  # not this dispatch
+    assert len(unsent) == 1 and batch_row(app, batch["id"]).dispatch_token == token
+
+    with app.app_context():
+        queue_manager.recover_dead_run(batch["id"], token)
+    assert len(unsent) == 2 and batch_row(app, batch["id"]).dispatch_token == unsent[1][1] != token
     assert violations(app) == []

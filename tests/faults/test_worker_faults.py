@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -28,8 +30,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume_not_rerun(
     api: ApiClient, app: Flask, prefork_worker: WorkerProcess
 ) -> None:
-    sender: Celery = prefork_worker.sender  # type: ignore[attr-defined]
-    prefork_worker.start(sender)
+    sender: Celery = prefork_worker.sender
+    prefork_worker.start()
     profile_ids = api.profiles(6)
     batch_id = enqueue(app, profile_ids, "sleep", seconds=0.4)
     wait_for(lambda: item_rows(app, batch_id)[2].status == "running", timeout=15)
@@ -39,7 +41,7 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     prefork_worker.kill()
     wait_for(lambda: lease_free(app, batch_id), timeout=3)  # the dead run's lease went with it
     assert batch_status(app, batch_id) == "in_progress"
-    prefork_worker.start(sender)
+    prefork_worker.start()
     wait_for(lambda: heartbeat_older_than(app, batch_id, 2.2), timeout=5)
 
     reconciled = sender.send_task(
@@ -73,4 +75,54 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     assert any("terminating its process" in line for line in log_lines(app, stubborn))
     assert batch_row(app, stubborn).error == "killed: did not stop within 0.3s of the stop"
     assert api.get("/queue").get_json()["paused"] is True
+    assert violations(app) == []
+
+
+def test_sigterm_to_the_worker_process_group_lets_the_item_finish_and_the_batch_resumes_after_restart(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    prefork_worker.start()
+    profile_ids = api.profiles(4)
+    batch_id = enqueue(app, profile_ids, "sleep", seconds=1.5)
+    behind = enqueue(app, profile_ids[:1], "noop")
+    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
+    token = batch_row(app, batch_id).dispatch_token
+
+    # SIGTERM reaches the main process and the pool child at once (honcho, systemd).
+    assert prefork_worker.terminate_group() < 10, prefork_worker.log()
+    assert [item.status for item in item_rows(app, batch_id)] == ["succeeded", "succeeded", "pending", "pending"]
+    assert batch_status(app, batch_id) == "in_progress" and lease_free(app, batch_id)
+    assert any("handed back" in line for line in log_lines(app, batch_id))
+
+    prefork_worker.start()  # no reconciler runs here: the handed-back message alone resumes it
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)
+    row = batch_row(app, batch_id)
+    assert (row.status, row.dispatch_token, row.run_attempts) == ("done", token, 2)
+    assert [item.attempts for item in item_rows(app, batch_id)] == [1, 1, 1, 1]  # nothing ran twice
+    assert violations(app) == []
+
+
+def test_pool_child_killed_mid_batch_is_dispatched_again_at_once_without_waiting_for_the_heartbeat(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    prefork_worker.env["BATCH_HEARTBEAT_TIMEOUT"] = "600"  # recovery must not come from the heartbeat
+    prefork_worker.start()
+    profile_ids = api.profiles(4)
+    batch_id = enqueue(app, profile_ids, "sleep", seconds=0.6)
+    behind = enqueue(app, profile_ids[:1], "noop")
+    wait_for(lambda: item_rows(app, batch_id)[0].status == "running", timeout=15)
+    first_token = batch_row(app, batch_id).dispatch_token
+    child = prefork_worker.pool_child_running(first_token)
+    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
+
+    os.kill(child, signal.SIGKILL)
+    finished = [(item.id, item.finished_at) for item in item_rows(app, batch_id) if item.status == "succeeded"]
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)
+    row = batch_row(app, batch_id)
+    assert (row.status, row.run_attempts) == ("done", 2) and row.dispatch_token != first_token
+    items = item_rows(app, batch_id)
+    assert sorted(item.attempts for item in items) == [1, 1, 1, 2]  # only the interrupted one ran again
+    assert [(item.id, item.finished_at) for item in items if item.status == "succeeded"][: len(finished)] == finished
+    assert "run lost (its worker process died); dispatching it again" in log_lines(app, batch_id)
+    assert prefork_worker.process is not None and prefork_worker.process.poll() is None  # the worker lives on
     assert violations(app) == []

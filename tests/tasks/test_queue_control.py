@@ -93,13 +93,13 @@ def test_stop_mid_batch_halts_within_a_second_leaves_items_pending_and_pauses_un
     import workers.signals
 
     promotions: list[float] = []
-    publish = workers.signals._publish_promotion
+    publish = workers.signals._publish
 
-    def spied(sender: Any) -> None:
-        publish(sender)
+    def spied(sender: Any, name: str, args: Any = None) -> None:
+        publish(sender, name, args)
         promotions.append(time.monotonic())
 
-    monkeypatch.setattr(workers.signals, "_publish_promotion", spied)
+    monkeypatch.setattr(workers.signals, "_publish", spied)
     profile_ids = api.profiles(5)
     running = api.batch(profile_ids, "sleep", name="long", seconds=0.5)
     behind = api.batch(profile_ids[:2], "noop", name="behind")

@@ -24,7 +24,8 @@ def test_chain_runs_in_creation_order_without_overlap_and_a_failure_does_not_blo
     created = []
     for index in range(6):
         fail = ["p-1"] if index == 2 else []
-        created.append(api.batch(profile_ids, "sleep", name=f"b{index}", seconds=0.05, fail_profiles=fail))
+        seconds = 0.5 if index == 0 else 0.05  # the first runs while the others are created
+        created.append(api.batch(profile_ids, "sleep", name=f"b{index}", seconds=seconds, fail_profiles=fail))
     assert [b["status"] for b in created] == ["in_progress"] + ["queued"] * 5
     assert [b["queue_position"] for b in created] == [0, 1, 2, 3, 4, 5]
 

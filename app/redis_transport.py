@@ -1,0 +1,36 @@
+"""kombu's Redis transport with one fault mended: a Redis restart must not end the worker.
+
+When the broker connection drops while a message is unacknowledged (always, during
+a batch run: acks_late), kombu 5.7 closes the channel after dropping the
+connection's details, and the channel's last attempt to requeue the message, or a
+late ack, fails with AttributeError inside `_connparams` instead of a connection
+error. Celery calls that unrecoverable and the worker exits. Raised as the
+connection error it is, kombu and Celery handle it as one: the worker reconnects,
+the message stays in Redis's unacked set, and the run's lease, token and the
+recovery tasks decide what happens to the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+
+class Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is already closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def transport_for(broker_url: str) -> str | None:
+    """The transport class to use for this broker URL (None: kombu's choice)."""
+    if broker_url.split("://", 1)[0] in ("redis", "rediss"):
+        return f"{__name__}:Transport"
+    return None

@@ -1,0 +1,80 @@
+"""The broker fails: Redis stopped and started again mid-batch, a promotion message purged from it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from app import create_app
+from app.config import Settings
+from app.services import dispatch
+from tests.conftest import ApiClient, wait_for
+from tests.faults.conftest import RedisServer, WorkerProcess
+from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, violations
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
+
+
+def _health(app: Flask) -> int:
+    return app.test_client().get("/api/v1/health").status_code
+
+
+def test_redis_stopped_for_three_seconds_mid_batch_the_batch_and_the_next_one_still_complete(
+    api: ApiClient,
+    app: Flask,
+    settings: Settings,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = WorkerProcess(settings, own_redis.url, tmp_path)
+    monkeypatch.setattr(dispatch, "celery", lambda: worker.sender)
+    web = create_app(replace(settings, redis_url=own_redis.url, broker_url=own_redis.url), TESTING=True)
+    app.extensions["celery"].set_default()  # create_app made its own Celery app the default
+    web.extensions["celery"].conf.broker_transport_options = worker.sender.conf.broker_transport_options
+    try:
+        worker.start()
+        worker.start_beat(interval=1.0)  # as in production: the reconciler repairs what the outage lost
+        profile_ids = api.profiles(4)
+        batch_id = enqueue(app, profile_ids, "sleep", seconds=0.5)
+        behind = enqueue(app, profile_ids[:1], "noop")
+        wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
+
+        own_redis.stop()
+        assert _health(web) == 503  # degraded, not crashed
+        time.sleep(3)
+        own_redis.start()
+
+        wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
+        wait_for(lambda: _health(web) == 200, timeout=20)  # the worker answers pings again
+    finally:
+        worker.close()
+    row, next_row = batch_row(app, batch_id), batch_row(app, behind)
+    assert row.status == "done" and [item.status for item in item_rows(app, batch_id)] == ["succeeded"] * 4
+    assert next_row.started_at >= row.finished_at  # one at a time, in order
+    assert violations(app) == []
+
+
+def test_a_promotion_purged_from_the_broker_is_made_good_by_the_reconciler_on_beat(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    prefork_worker.start(queues="batches")  # control messages wait in the broker, to be purged
+    prefork_worker.start_beat(interval=1.0)
+    profile_ids = api.profiles(2)
+    batch_id = enqueue(app, profile_ids, "noop")
+    behind = enqueue(app, profile_ids, "noop")
+    wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
+    broker = redis.Redis.from_url(prefork_worker.redis_url)
+    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=5)  # the promotion is there
+    broker.delete(f"{prefork_worker.prefix}control")  # ... and lost, with any reconcile sent so far
+
+    time.sleep(1.5)
+    assert (batch_status(app, behind), batch_row(app, behind).queue_position) == ("queued", 1)
+    prefork_worker.sender.control.add_consumer("control", destination=[prefork_worker.hostname], reply=True)
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)  # beat's next reconcile promoted it
+    assert violations(app) == []

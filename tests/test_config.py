@@ -1,0 +1,30 @@
+"""Settings from the environment: the recovery knobs and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import ConfigError, Settings
+
+BASE = {"DATABASE_URL": "postgresql://db/x", "REDIS_URL": "redis://r/0", "SECRET_KEY": "s"}
+
+
+def test_recovery_settings_default_to_the_documented_values() -> None:
+    settings = Settings.from_env(BASE)
+    assert (settings.heartbeat_timeout, settings.max_run_attempts, settings.reconcile_interval) == (30.0, 3, 5.0)
+
+
+def test_recovery_settings_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {**BASE, "BATCH_HEARTBEAT_TIMEOUT": "12.5", "BATCH_MAX_RUN_ATTEMPTS": "5", "RECONCILE_INTERVAL": "2"}
+    )
+    assert (settings.heartbeat_timeout, settings.max_run_attempts, settings.reconcile_interval) == (12.5, 5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BATCH_HEARTBEAT_TIMEOUT", "soon"), ("BATCH_MAX_RUN_ATTEMPTS", "2.5"), ("RECONCILE_INTERVAL", "0")],
+)
+def test_a_bad_recovery_setting_is_refused_naming_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**BASE, name: value})

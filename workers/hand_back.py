@@ -1,0 +1,61 @@
+"""SIGTERM during a batch run: finish the current item, then hand the batch back.
+
+honcho and systemd send SIGTERM to the worker's whole process group at once. A
+stock prefork pool child then dies mid-item (or, with REMAP_SIGTERM=SIGQUIT,
+ignores it and keeps starting items until the cold shutdown kills it). While a
+batch run executes, our pool child instead asks the run to stop after the item
+in hand and to put the batch back on the broker under the same token; the main
+process meanwhile waits out its soft-shutdown time. Outside runs, billiard's
+own handling applies. billiard sets a child's signals after the
+worker_process_init signal, so the handler is installed per run instead.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from celery import Task
+from celery.signals import task_postrun, task_prerun, worker_process_init
+
+from app.services.dispatch import RUN_BATCH_TASK
+from app.services.runs import shutdown_requested
+
+_in_pool_child = False
+_previous_handler: Any = None
+
+
+@worker_process_init.connect
+def remember_pool_child(**_: object) -> None:
+    global _in_pool_child
+    _in_pool_child = True
+
+
+def _installable(sender: Task | None) -> bool:
+    # Only a prefork child's main thread may (and should) take over SIGTERM: in
+    # the solo pool it belongs to the worker itself, in the threads pool to nobody.
+    return (
+        _in_pool_child
+        and getattr(sender, "name", None) == RUN_BATCH_TASK
+        and threading.current_thread() is threading.main_thread()
+    )
+
+
+def _request_hand_back(_signum: int, _frame: FrameType | None) -> None:
+    shutdown_requested.set()
+
+
+@task_prerun.connect
+def take_over_sigterm(sender: Task | None = None, **_: Any) -> None:
+    global _previous_handler
+    if _installable(sender):
+        shutdown_requested.clear()
+        _previous_handler = signal.signal(signal.SIGTERM, _request_hand_back)
+
+
+@task_postrun.connect
+def give_back_sigterm(sender: Task | None = None, **_: Any) -> None:
+    if _installable(sender) and _previous_handler is not None:
+        signal.signal(signal.SIGTERM, _previous_handler)
