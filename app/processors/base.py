@@ -25,10 +25,30 @@ class ProfileData:
     attributes: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ItemKey:
+    """Which item a call is for, and which attempt at it (1 for the first).
+
+    Items run at least once: an item interrupted by a worker's death or a
+    shutdown runs again from its start. A processor whose effects must happen
+    once hands `idempotency_key` to the system it changes (an Idempotency-Key
+    header, a unique column): it is the same for every attempt at the item.
+    """
+
+    batch_id: int
+    profile_id: int
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"batchq-{self.batch_id}-{self.profile_id}"
+
+
 class RunContext(Protocol):
     """What the runner offers a processor while it works on an item."""
 
     batch_id: int
+    item: ItemKey
 
     def stop_requested(self) -> bool:
         """Tell whether the batch is stopping; long work should check it at least every second."""

@@ -87,6 +87,8 @@ class Http:
                 outcome["response"] = requests.post(
                     url,
                     json={"profile": profile.__dict__, "parameters": parameters, "batch_id": ctx.batch_id},
+                    # Items run at least once: the receiver can tell a repeat by its key.
+                    headers={"Idempotency-Key": ctx.item.idempotency_key, "Batchq-Attempt": str(ctx.item.attempt)},
                     timeout=float(parameters["timeout"]),
                 )
             except requests.RequestException as exc:

@@ -25,7 +25,7 @@ from app import processors
 from app.extensions import db
 from app.models import BatchStatus, ItemStatus
 from app.models._types import utcnow
-from app.processors import ItemFailed, ProfileData, StopRequested
+from app.processors import ItemFailed, ItemKey, ProfileData, StopRequested
 from app.services import dispatch, events, leases
 from app.services.queue_manager import queue_manager
 
@@ -51,6 +51,7 @@ class PendingItem:
     id: int
     position: int
     profile: ProfileData
+    attempts: int  # attempts begun before this run
 
 
 class Watcher(threading.Thread):
@@ -95,8 +96,9 @@ class Watcher(threading.Thread):
 class ItemContext:
     """The RunContext a processor gets."""
 
-    def __init__(self, batch_id: int, watcher: Watcher) -> None:
-        self.batch_id = batch_id
+    def __init__(self, item: ItemKey, watcher: Watcher) -> None:
+        self.batch_id = item.batch_id
+        self.item = item
         self._watcher = watcher
         self.lines: list[tuple[str, str]] = []
 
@@ -229,7 +231,7 @@ _CLAIM = text(
             || CASE WHEN run_attempts > 1 THEN ' (attempt ' || run_attempts || ')' ELSE '' END
         FROM own
     ), pending AS (
-        SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes
+        SELECT i.id, i.position, p.id AS profile_id, p.name, p.attributes, i.attempts
         FROM batch_items i JOIN profiles p ON p.id = i.profile_id
         WHERE i.batch_id IN (SELECT id FROM own) AND i.status IN ('pending', 'running')
     ), first_started AS (
@@ -238,7 +240,7 @@ _CLAIM = text(
         RETURNING id
     )
     SELECT own.processor, own.parameters, own.total_items,
-        (SELECT json_agg(json_build_array(id, position, profile_id, name, attributes) ORDER BY position)
+        (SELECT json_agg(json_build_array(id, position, profile_id, name, attributes, attempts) ORDER BY position)
          FROM pending) AS items,
         EXISTS (SELECT 1 FROM first_started) AS first_started
     FROM own
@@ -255,7 +257,7 @@ _START_ITEM = text(
     )
     UPDATE batch_items SET status = 'running', attempts = attempts + 1, started_at = :now, error = NULL
     WHERE id = :item_id AND batch_id IN (SELECT id FROM own)
-    RETURNING id
+    RETURNING attempts
     """
 )
 
@@ -290,8 +292,8 @@ def _claim(batch_id: int, token: str) -> Claimed | None:
     if row is None:
         return None
     items = [
-        PendingItem(item_id, position, ProfileData(profile_id, name, attributes or {}))
-        for item_id, position, profile_id, name, attributes in row.items or []
+        PendingItem(item_id, position, ProfileData(profile_id, name, attributes or {}), attempts)
+        for item_id, position, profile_id, name, attributes, attempts in row.items or []
     ]
     return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
 
@@ -318,12 +320,15 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> ItemsEnd:
         return ItemsEnd(error=f"processor {claimed.processor!r} is not registered on this worker")
     batch_id, items = claimed.batch_id, claimed.items
     for index, item in enumerate(items):
+        attempt = item.attempts + 1  # the claim started the first item
         if index > 0 or not claimed.first_started:
             if shutdown_requested.is_set():
                 return ItemsEnd(handed_back=True)
-            if watcher.stop_seen.is_set() or not _start_item(batch_id, token, item.id):
+            started = None if watcher.stop_seen.is_set() else _start_item(batch_id, token, item.id)
+            if started is None:
                 break
-        ctx = ItemContext(batch_id, watcher)
+            attempt = started
+        ctx = ItemContext(ItemKey(batch_id, item.profile.id, attempt), watcher)
         outcome = _process(processor, item, claimed.parameters, ctx)
         record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
         if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
@@ -361,13 +366,13 @@ def _process(
     return Outcome(ItemStatus.SUCCEEDED, result=result)
 
 
-def _start_item(batch_id: int, token: str, item_id: int) -> bool:
-    """Mark the item running unless a stop (or a newer run) came first."""
-    started = db.session.execute(
+def _start_item(batch_id: int, token: str, item_id: int) -> int | None:
+    """Mark the item running unless a stop (or a newer run) came first; return its attempt number."""
+    attempt = db.session.execute(
         _START_ITEM, {"batch_id": batch_id, "token": token, "item_id": item_id, "now": utcnow()}
     ).scalar()
     db.session.commit()
-    return started is not None
+    return attempt
 
 
 @dataclass

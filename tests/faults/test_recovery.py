@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,6 +29,9 @@ from tests.faults.helpers import (
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
+
+
+real_send_run = dispatch.send_run
 
 
 @pytest.fixture
@@ -139,12 +143,41 @@ def test_run_replaced_during_its_last_item_writes_neither_that_item_nor_the_end(
     assert not any(line.startswith("item 2/2") or line.startswith("finished") for line in log_lines(app, batch["id"]))
 
 
-def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_item(
-    api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A local URL for the http processor that records each request's headers."""
+    received: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_item_under_the_same_key(
+    api: ApiClient,
+    app: Flask,
+    celery_worker: Any,
+    unsent: list[tuple[int, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: tuple[str, list[dict[str, str]]],
 ) -> None:
+    url, received = receiver
+    monkeypatch.setitem(app.config, "HTTP_PROCESSOR_ALLOWED_HOSTS", ("127.0.0.1",))
     # The state a killed attempt leaves: claimed, item 1 done, item 2 begun, lease gone, message restored.
     profile_ids = api.profiles(3)
-    batch = api.batch(profile_ids, "noop")
+    batch = api.batch(profile_ids, "http", url=url, timeout=5)
     [(_, token)] = unsent
     run_sql(app, "UPDATE batches SET run_attempts = 1, succeeded_items = 1 WHERE id = :id", id=batch["id"])
     run_sql(
@@ -160,7 +193,7 @@ def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_ite
         id=batch["id"],
     )
 
-    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "send_run", real_send_run)  # back to the real dispatch
     assert send_and_wait(app, "batches.run", batch["id"], token, task_id=token) == "done"
     row = batch_row(app, batch["id"])
     assert (row.status, row.run_attempts, row.succeeded_items, row.error) == ("done", 2, 3, None)
@@ -168,6 +201,11 @@ def test_run_redelivered_after_its_first_attempt_died_redoes_the_interrupted_ite
         ("succeeded", 1),
         ("succeeded", 2),
         ("succeeded", 1),
+    ]
+    # Items run at least once; the receiver can tell the repeat by its stable key.
+    assert [(headers["Idempotency-Key"], headers["Batchq-Attempt"]) for headers in received] == [
+        (f"batchq-{batch['id']}-{profile_ids[1]}", "2"),
+        (f"batchq-{batch['id']}-{profile_ids[2]}", "1"),
     ]
     assert violations(app) == []
 
