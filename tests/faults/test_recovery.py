@@ -416,3 +416,15 @@ def test_failure_recovery_leaves_a_run_alone_when_its_lease_is_held_or_its_token
         queue_manager.recover_dead_run(batch["id"], token)
     assert len(unsent) == 2 and batch_row(app, batch["id"]).dispatch_token == unsent[1][1] != token
     assert violations(app) == []
+
+
+def test_queue_reconcile_command_dispatches_a_lost_run_and_says_what_runs(
+    api: ApiClient, app: Flask, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = api.batch(api.profiles(1), "noop")
+    age_heartbeat(app, batch["id"])
+    monkeypatch.setitem(app.config, "BATCH_HEARTBEAT_TIMEOUT", 1.0)
+    result = app.test_cli_runner().invoke(args=["queue", "reconcile"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Batch {batch['id']} is in_progress; see its log for any repair.\n"
+    assert len(unsent) == 2 and "run lost (no heartbeat); dispatching it again" in log_lines(app, batch["id"])
