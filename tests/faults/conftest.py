@@ -133,11 +133,15 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def terminate_group(self, timeout: float = 20) -> float:
-        """SIGTERM to the whole process group at once, as honcho and systemd send it; seconds until it exited."""
+    def terminate(self, whole_group: bool = True, timeout: float = 20) -> float:
+        """SIGTERM to the whole process group at once (as honcho and systemd send it) or to the main
+        process only (`kill PID`); seconds until the worker exited."""
         assert self.process is not None
         began = time.monotonic()
-        os.killpg(self.process.pid, signal.SIGTERM)
+        if whole_group:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        else:
+            os.kill(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=timeout)
         return time.monotonic() - began
 
