@@ -20,8 +20,8 @@ accept_content = ["json"]
 # Ack after the task ran, so a message whose worker vanishes is delivered again;
 # duplicates are harmless (run lease and dispatch token, promotion idempotent).
 task_acks_late = True
-# ...but a pool child killed mid-run must still fire task_failure, which chains
-# the promotion; requeueing instead would silence the signal.
+# ...but a pool child killed mid-run must still fire task_failure, whose handler
+# recovers the run at once (queue.recover_run); requeueing would silence it.
 task_reject_on_worker_lost = False
 # One message at a time per process: a worker must not hoard the next batch run.
 worker_prefetch_multiplier = 1
