@@ -46,7 +46,10 @@ visibility_timeout = _VISIBILITY_TIMEOUT
 # Batches are long; their time limits are declared on the tasks themselves.
 result_expires = 24 * 3600
 task_ignore_result = True
+# A worker outlives any broker outage: it keeps reconnecting (with backoff) instead
+# of exiting after Celery's default 100 attempts.
 broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
 
 # Flower sees tasks only through events.
 worker_send_task_events = True

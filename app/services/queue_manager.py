@@ -375,7 +375,10 @@ class QueueManager:
             batch = db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update())
             if batch is not None:
                 self._recover(change, batch, heartbeat_timeout, stop_grace, max_attempts)
-            return self._promote_head(change)
+            promoted = self._promote_head(change)
+        if promoted is not None:  # every end and Start promotes by itself: this one had been missed
+            log.warning("reconciler: promoted batch %s, whose promotion had been lost", promoted)
+        return promoted
 
     def recover_dead_run(self, batch_id: int, token: str, max_attempts: int = MAX_RUN_ATTEMPTS) -> int | None:
         """Rescue a run whose task just failed (its process died, or it raised), then fill a free slot.
@@ -422,10 +425,13 @@ class QueueManager:
     def _relaunch_or_end(self, change: _Change, batch: Batch, reason: str, max_attempts: int) -> None:
         """A running batch's run is gone: stop it if it was stopping, fail it past the limit, else run it again."""
         if batch.status == BatchStatus.STOPPING:
+            log.warning("batch %s: run lost (%s) while stopping; it is stopped", batch.id, reason)
             self._end_run(change, batch.id, None)
         elif batch.run_attempts >= max_attempts:
+            log.warning("batch %s: run lost (%s) %d times; the batch fails", batch.id, reason, batch.run_attempts)
             self._end_run(change, batch.id, f"run lost {batch.run_attempts} times (worker died or unreachable)")
         else:
+            log.warning("batch %s: run lost (%s); dispatching it again", batch.id, reason)
             self._log(batch.id, f"run lost ({reason}); dispatching it again", level="warning")
             self._dispatch(change, batch)
 

@@ -368,7 +368,7 @@ def _recover_in_app(app: Flask, call: Any) -> Any:
 
 
 def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exactly_once(
-    api: ApiClient, app: Flask, unsent: list[tuple[int, str]]
+    api: ApiClient, app: Flask, unsent: list[tuple[int, str]], caplog: pytest.LogCaptureFixture
 ) -> None:
     profile_ids = api.profiles(2)
     batch = api.batch(profile_ids, "noop")
@@ -394,6 +394,8 @@ def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exac
         == 3
     )
     assert (batch_status(app, behind["id"]), batch_row(app, behind["id"]).queue_position) == ("queued", 1)
+    repairs = [r.getMessage() for r in caplog.records if "dispatching it again" in r.getMessage()]
+    assert len(repairs) == 3 and all(message.startswith(f"batch {batch['id']}: run lost") for message in repairs)
     assert violations(app) == []
 
 
