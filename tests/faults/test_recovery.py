@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -375,6 +376,7 @@ def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exac
     behind = api.batch(profile_ids, "noop", name="behind")
     [(_, lost_token)] = unsent
     age_heartbeat(app, batch["id"])  # its run never began: no lease, no heartbeat
+    caplog.set_level(logging.WARNING, logger="app.services.queue_manager")  # the session's worker sets ERROR
 
     recoveries = [
         lambda: queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
