@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.handoff import start_worker, wait_for_worker
-from bench.setup import bench_environment, percentile
+from bench.setup import bench_environment, insert_profiles, percentile
 
 BENCH_DB = "batchq_bench_control"
 BENCH_REDIS_DB = 15
@@ -359,15 +359,7 @@ def main() -> None:
                 renumbers.append(statement) if "row_number() OVER (ORDER BY queue_rank)" in statement else None
             ),
         )
-        profile_ids = list(
-            db.session.execute(
-                db.text(
-                    "INSERT INTO profiles (name, attributes, created_at)"
-                    " SELECT 'bench-' || g, '{}', now() FROM generate_series(1, :n) AS g RETURNING id"
-                ),
-                {"n": PROFILES},
-            ).scalars()
-        )
+        profile_ids = insert_profiles(PROFILES)
         profile_ids.sort()
         # Paused: each round's enqueue waits for its Start, as after a stop.
         db.session.execute(db.text("UPDATE queue_state SET paused = true, paused_by = 'bench', paused_at = now()"))

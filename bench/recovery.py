@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench.handoff import wait_for_worker
-from bench.setup import ROOT, bench_environment, percentile
+from bench.setup import ROOT, bench_environment, insert_profiles, percentile
 
 BENCH_DB = "batchq_bench_recovery"
 BENCH_REDIS_DB = 12
@@ -561,6 +561,18 @@ def p50_max(values: list[float | None], rounds: int) -> str:
     return f"{percentile(found, 0.50):7.2f} {max(found):7.2f}{missing}"
 
 
+def _recovery_rows(logged_label: str) -> list[tuple[str, Any]]:
+    """The table rows of part 1; only what the log line marks differs between its two kinds of kill."""
+    return [
+        ("A's last heartbeat, age at the kill", lambda r: r.heartbeat_age),
+        (logged_label, lambda r: r.logged),
+        ("kill -> 'run lost' logged", lambda r: r.lost),
+        ("kill -> A's run resumed ('run began')", lambda r: r.began),
+        ("kill -> A's interrupted item started again", lambda r: r.item),
+        ("kill -> B started (started_at)", lambda r: r.b_started),
+    ]
+
+
 def print_rounds(
     title: str, rounds: list[Round], logged: str, rows: list[tuple[str, Callable[[Round], float | None]]]
 ) -> None:
@@ -594,14 +606,7 @@ def print_kills(group: list[Round], child: list[Round], heartbeat_timeout: float
         "a) SIGKILL of the worker's process group, a new worker started at once (recovery by the reconciler)",
         group,
         "the new worker ready",
-        [
-            ("A's last heartbeat, age at the kill", lambda r: r.heartbeat_age),
-            ("kill -> new worker ready (its log)", lambda r: r.logged),
-            ("kill -> 'run lost' logged", lambda r: r.lost),
-            ("kill -> A's run resumed ('run began')", lambda r: r.began),
-            ("kill -> A's interrupted item started again", lambda r: r.item),
-            ("kill -> B started (started_at)", lambda r: r.b_started),
-        ],
+        _recovery_rows("kill -> new worker ready (its log)"),
     )
     met = sum(1 for r in group if r.began is not None and r.began < target)
     print(
@@ -613,14 +618,7 @@ def print_kills(group: list[Round], child: list[Round], heartbeat_timeout: float
         "b) SIGKILL of the pool child running A only (task_failure -> queue.recover_run, no heartbeat wait)",
         child,
         "the worker noticed the child died",
-        [
-            ("A's last heartbeat, age at the kill", lambda r: r.heartbeat_age),
-            ("kill -> worker noticed the child died (log)", lambda r: r.logged),
-            ("kill -> 'run lost' logged", lambda r: r.lost),
-            ("kill -> A's run resumed ('run began')", lambda r: r.began),
-            ("kill -> A's interrupted item started again", lambda r: r.item),
-            ("kill -> B started (started_at)", lambda r: r.b_started),
-        ],
+        _recovery_rows("kill -> worker noticed the child died (log)"),
     )
     at_once = sum(1 for r in child if r.lost_line and "worker process died" in r.lost_line)
     print(
@@ -707,15 +705,7 @@ def main() -> None:
     began = time.monotonic()
     try:
         with app.app_context():
-            profile_ids = sorted(
-                db.session.execute(
-                    db.text(
-                        "INSERT INTO profiles (name, attributes, created_at)"
-                        " SELECT 'bench-' || g, '{}', now() FROM generate_series(1, :n) AS g RETURNING id"
-                    ),
-                    {"n": PROFILES},
-                ).scalars()
-            )
+            profile_ids = insert_profiles(PROFILES)
             db.session.commit()
             queue_manager.start("bench")  # not paused: each enqueue starts its batch when the slot is free
 

@@ -75,3 +75,18 @@ def bench_environment(database: str, redis_db: int, channel: str, **extra: str) 
     )
     os.environ.update(env)
     return env
+
+
+def insert_profiles(count: int) -> list[int]:
+    """Insert `count` plain profiles in one statement (inside an app context); return their ids, in order."""
+    from app.extensions import db
+
+    return sorted(
+        db.session.execute(
+            db.text(
+                "INSERT INTO profiles (name, attributes, created_at)"
+                " SELECT 'bench-' || g, '{}', now() FROM generate_series(1, :n) AS g RETURNING id"
+            ),
+            {"n": count},
+        ).scalars()
+    )
