@@ -622,7 +622,7 @@ def print_kills(group: list[Round], child: list[Round], heartbeat_timeout: float
     )
     at_once = sum(1 for r in child if r.lost_line and "worker process died" in r.lost_line)
     print(
-        f"  recovered through task_failure ('its worker process died'): {at_once}/{len(child)};"
+        f"  recovered through task_failure ('its run task failed'): {at_once}/{len(child)};"
         f" by the reconciler ('no heartbeat'): {sum(1 for r in child if r.lost_line and 'no heartbeat' in r.lost_line)}"
     )
 

@@ -1,10 +1,16 @@
 """The queue's rules, in one place: the only code that changes a batch's status or position.
 
 Every queue change is one transaction that starts by locking the single
-queue_state row (SELECT ... FOR UPDATE), so enqueue, promote, finish, stop,
-cancel, move, start and recovery are serialized against each other. The
-database backs the rules up: a partial unique index refuses a second running
-batch and a deferred unique constraint refuses a duplicated position.
+queue_state row, so enqueue, promote, stop, cancel, move, start and recovery
+are serialized against each other. The database backs the rules up: a partial
+unique index refuses a second running batch and a deferred unique constraint
+refuses a duplicated position.
+
+A run's end is the one change that skips the queue lock, because it lies
+between two batches and only ever frees the running slot: it locks its batch's
+row, which every change touching the running batch locks too (after the queue
+row, so there is no cycle to deadlock on). A promotion that misses a slot freed
+at the same moment starts nothing, and the end's own chained promotion follows.
 
 Side effects (dispatching a run, publishing a live hint) happen only after the
 transaction commits, so a worker never looks for a row it can't see yet.
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Row, func, insert, select, text, update
 
 from app.errors import Conflict, NotFound
 from app.extensions import db
@@ -196,16 +202,14 @@ class QueueManager:
     # --- changes -------------------------------------------------------------
 
     @contextmanager
-    def _change(self) -> Iterator[_Change]:
-        """Run one serialized queue transaction, then its after-commit actions."""
-        paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
-        if paused is None:  # a database migrated without its state row
-            db.session.execute(
-                text("INSERT INTO queue_state (id, paused, version) VALUES (:id, false, 0) ON CONFLICT DO NOTHING"),
-                {"id": QUEUE_STATE_ID},
-            )
-            paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
-        change = _Change(paused=bool(paused))
+    def _change(self, lock_queue: bool = True) -> Iterator[_Change]:
+        """Run one serialized queue transaction, then its after-commit actions.
+
+        Only a run's end passes lock_queue=False (see the module docstring);
+        such a change does not know whether the queue is paused, so it counts as
+        paused: it can never promote.
+        """
+        change = _Change(paused=self._lock_queue() if lock_queue else True)
         try:
             yield change
             db.session.commit()
@@ -217,6 +221,18 @@ class QueueManager:
                 action()
             except Exception:  # the change is committed; a lost dispatch is the reconciler's to repair
                 log.exception("an after-commit action failed (broker unreachable?); the reconciler will repair it")
+
+    @staticmethod
+    def _lock_queue() -> bool:
+        """Take the queue lock for this transaction; return whether the queue is paused."""
+        paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
+        if paused is None:  # a database migrated without its state row
+            db.session.execute(
+                text("INSERT INTO queue_state (id, paused, version) VALUES (:id, false, 0) ON CONFLICT DO NOTHING"),
+                {"id": QUEUE_STATE_ID},
+            )
+            paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
+        return bool(paused)
 
     def enqueue(self, new: NewBatch) -> tuple[Batch, bool]:
         """Add a batch at the end of the queue and start it if the slot is free.
@@ -273,20 +289,23 @@ class QueueManager:
         batch_id: int,
         token: str,
         error: str | None = None,
-        record_last: Callable[[], bool] | None = None,
+        record_last: Callable[[], Row[Any] | None] | None = None,
     ) -> str | None:
         """Record the end of a run: done, failed or (after a stop) stopped.
 
         Fenced by the dispatch token: a run that was presumed lost and replaced
         changes nothing. `record_last` writes the run's last item in the same
-        transaction (after the queue lock, the order every change takes locks
-        in) and says whether the run still owned the batch. Promotion is not
-        done here; the run task's success or failure signal chains it.
+        transaction and returns the batch's row, locked, or None if the run no
+        longer owns the batch. No queue lock (see the module docstring), and no
+        promotion here: the run task's success or failure signal chains it.
         """
-        with self._change() as change:
-            if record_last is not None and not record_last():
-                return None
-            status = self._end_run(change, batch_id, error, token=token)
+        with self._change(lock_queue=False) as change:
+            locked = None
+            if record_last is not None:
+                locked = record_last()
+                if locked is None:
+                    return None
+            status = self._end_run(change, batch_id, error, token=token, locked=locked)
         return status
 
     def stop(self, batch_id: int, actor: str) -> Batch:
@@ -395,7 +414,7 @@ class QueueManager:
                 .with_for_update()
             )
             if batch is not None and not leases.is_held(batch.id):
-                self._relaunch_or_end(change, batch, "its worker process died", max_attempts)
+                self._relaunch_or_end(change, batch, "its run task failed", max_attempts)
             return self._promote_head(change)
 
     # --- the rules' building blocks (always called inside _change) ------------
@@ -456,13 +475,21 @@ class QueueManager:
         batch_id = batch.id
         change.after_commit.append(lambda: dispatch.send_run(batch_id, token))
 
-    def _end_run(self, change: _Change, batch_id: int, error: str | None, token: str | None = None) -> str | None:
+    def _end_run(
+        self,
+        change: _Change,
+        batch_id: int,
+        error: str | None,
+        token: str | None = None,
+        locked: Row[Any] | None = None,
+    ) -> str | None:
         """End the running batch: stopped after a stop, else done or failed; return the new status.
 
         With a token, only the run holding it may end the batch (None otherwise).
+        `locked` is the batch's row if this transaction has already locked and read it.
         """
-        row = db.session.execute(_LOCK_RUN, {"id": batch_id}).one_or_none()
-        if row is None or (token is not None and row.dispatch_token != token):
+        row = locked or db.session.execute(_LOCK_RUN, {"id": batch_id}).one_or_none()
+        if row is None or row.status not in RUNNING_STATUSES or (token is not None and row.dispatch_token != token):
             return None
         pending = row.total_items - row.succeeded_items - row.failed_items
         level = "info"

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import OperationalError
 
 from app import processors
@@ -119,12 +119,17 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
     batch is not at fault, and the task's failure signal recovers the run once
     the database answers again.
     """
-    with db.engine.connect() as lease_connection:
-        lease_connection = lease_connection.execution_options(isolation_level="AUTOCOMMIT")
-        if not leases.try_acquire(lease_connection, batch_id):
+    with db.engine.connect() as connection:
+        lease_connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            leased, claimed = _lease_and_claim(lease_connection, batch_id, token)
+        except BaseException:
+            _release(lease_connection, batch_id)  # a session lock outlives the failed statement that took it
+            raise
+        if not leased:
             return "duplicate"
         try:
-            outcome = _run_leased(lease_connection, batch_id, token, heartbeat_timeout)
+            outcome = _run_leased(lease_connection, claimed, batch_id, token, heartbeat_timeout)
         finally:
             _release(lease_connection, batch_id)
     if outcome == HANDED_BACK:  # only now: a copy delivered while we held the lease would have been dropped
@@ -136,14 +141,17 @@ def _release(lease_connection: Connection, batch_id: int) -> None:
     """Give the lease back; if the connection is broken, end its database session, which frees it too."""
     try:
         db.session.rollback()
+        if lease_connection.invalidated:  # its session is already gone, and the lease with it
+            return
         leases.release(lease_connection, batch_id)
     except OperationalError:
         log.warning("could not release the lease of batch %s; closing its connection instead", batch_id)
         lease_connection.invalidate()
 
 
-def _run_leased(lease_connection: Connection, batch_id: int, token: str, heartbeat_timeout: float) -> str:
-    claimed = _claim(batch_id, token)
+def _run_leased(
+    lease_connection: Connection, claimed: Claimed | None, batch_id: int, token: str, heartbeat_timeout: float
+) -> str:
     if claimed is None:
         return _end_if_stopped_before_claim(batch_id, token)
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
@@ -212,18 +220,21 @@ class Claimed:
     first_started: bool
 
 
-# Taking over the batch, in one statement because it lies between one batch's
-# end and the next one's first item: only while the batch is in progress under
-# this run's token, it bumps the attempt, logs the start, reads the items left
-# and marks the first of them running. An item already `running` is left over
-# from an attempt that died with the same token (a message redelivered after a
-# lost connection or a worker shutdown): this run holds the lease, so nobody
-# else is working on it, and it is done again.
-_CLAIM = text(
+# Taking over the batch, in one statement on the lease's own (autocommit)
+# connection, because it lies between one batch's end and the next one's first
+# item: it takes the lease, and only if it got it and the batch is in progress
+# under this run's token, it bumps the attempt, logs the start, reads the items
+# left and marks the first of them running. An item already `running` is left
+# over from an attempt that died with the same token (a message redelivered
+# after a lost connection or a worker shutdown): this run holds the lease, so
+# nobody else is working on it, and it is done again.
+_LEASE_AND_CLAIM = text(
     """
-    WITH own AS (
+    WITH lease AS (
+        SELECT pg_try_advisory_lock(:lease_class, :id) AS taken
+    ), own AS (
         UPDATE batches SET run_attempts = run_attempts + 1, heartbeat_at = :now
-        WHERE id = :id AND dispatch_token = :token AND status = 'in_progress'
+        WHERE id = :id AND dispatch_token = :token AND status = 'in_progress' AND (SELECT taken FROM lease)
         RETURNING id, processor, parameters, total_items, run_attempts
     ), logged AS (
         INSERT INTO batch_logs (batch_id, at, level, message)
@@ -239,11 +250,11 @@ _CLAIM = text(
         WHERE id = (SELECT id FROM pending ORDER BY position LIMIT 1)
         RETURNING id
     )
-    SELECT own.processor, own.parameters, own.total_items,
+    SELECT lease.taken, own.id IS NOT NULL AS claimed, own.processor, own.parameters, own.total_items,
         (SELECT json_agg(json_build_array(id, position, profile_id, name, attributes, attempts) ORDER BY position)
          FROM pending) AS items,
         EXISTS (SELECT 1 FROM first_started) AS first_started
-    FROM own
+    FROM lease LEFT JOIN own ON true
     """
 )
 
@@ -261,7 +272,9 @@ _START_ITEM = text(
     """
 )
 
-# An item's outcome, the batch's counters and the log line, in one statement.
+# An item's outcome, the batch's counters and the log line, in one statement that
+# returns the batch's row as it now is (locked until commit), or nothing if this
+# run no longer owns the batch.
 _FINISH_ITEM = text(
     """
     WITH own AS (
@@ -274,28 +287,34 @@ _FINISH_ITEM = text(
     ), counters AS (
         UPDATE batches SET succeeded_items = succeeded_items + :succeeded, failed_items = failed_items + :failed
         WHERE id IN (SELECT id FROM own)
+        RETURNING status, total_items, succeeded_items, failed_items, dispatch_token
     ), logged AS (
         INSERT INTO batch_logs (batch_id, at, level, message)
         SELECT own.id, :now, line.level, line.message
         FROM own, jsonb_to_recordset(CAST(:lines AS jsonb)) AS line(level text, message text)
     )
-    SELECT count(*) FROM own
+    SELECT * FROM counters
     """
 )
 
 
-def _claim(batch_id: int, token: str) -> Claimed | None:
-    """Take over the batch, read what is left to do, and start its first item."""
-    parameters = {"id": batch_id, "token": token, "now": utcnow(), "host": socket.gethostname()}
-    row = db.session.execute(_CLAIM, parameters).one_or_none()
-    db.session.commit()
-    if row is None:
-        return None
+def _lease_and_claim(lease_connection: Connection, batch_id: int, token: str) -> tuple[bool, Claimed | None]:
+    """Take the batch's lease and, with it, the batch: say whether the lease was free and what is left to do."""
+    parameters = {
+        "lease_class": leases.LEASE_CLASS,
+        "id": batch_id,
+        "token": token,
+        "now": utcnow(),
+        "host": socket.gethostname(),
+    }
+    row = lease_connection.execute(_LEASE_AND_CLAIM, parameters).one()
+    if not row.taken or not row.claimed:
+        return bool(row.taken), None
     items = [
         PendingItem(item_id, position, ProfileData(profile_id, name, attributes or {}), attempts)
         for item_id, position, profile_id, name, attributes, attempts in row.items or []
     ]
-    return Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
+    return True, Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
 
 
 @dataclass
@@ -333,7 +352,7 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> ItemsEnd:
         record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
         if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
             return ItemsEnd(last_item=record)
-        if not record.write():
+        if record.write() is None:
             db.session.rollback()
             raise Fenced()
         db.session.commit()
@@ -416,9 +435,11 @@ class ItemRecord:
             }
         )
 
-    def write(self) -> bool:
+    def write(self) -> Row[Any] | None:
         """Write the outcome, the batch's progress and the log line in the session's transaction.
 
-        False when the run no longer owns the batch (nothing is written then).
+        Returns the batch's counters as they now are, which the last item's
+        write hands to the end of the run; None when the run no longer owns
+        the batch (nothing is written then).
         """
-        return bool(db.session.execute(_FINISH_ITEM, self.parameters).scalar())
+        return db.session.execute(_FINISH_ITEM, self.parameters).one_or_none()

@@ -392,7 +392,7 @@ def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exac
     assert len({token for _, token in unsent}) == 4
     assert (
         log_lines(app, batch["id"]).count("run lost (no heartbeat); dispatching it again")
-        + log_lines(app, batch["id"]).count("run lost (its worker process died); dispatching it again")
+        + log_lines(app, batch["id"]).count("run lost (its run task failed); dispatching it again")
         == 3
     )
     assert (batch_status(app, behind["id"]), batch_row(app, behind["id"]).queue_position) == ("queued", 1)

@@ -128,6 +128,6 @@ def test_pool_child_killed_mid_batch_is_dispatched_again_at_once_without_waiting
     items = item_rows(app, batch_id)
     assert sorted(item.attempts for item in items) == [1, 1, 1, 2]  # only the interrupted one ran again
     assert [(item.id, item.finished_at) for item in items if item.status == "succeeded"][: len(finished)] == finished
-    assert "run lost (its worker process died); dispatching it again" in log_lines(app, batch_id)
+    assert "run lost (its run task failed); dispatching it again" in log_lines(app, batch_id)
     assert prefork_worker.process is not None and prefork_worker.process.poll() is None  # the worker lives on
     assert violations(app) == []
