@@ -57,3 +57,18 @@ def test_items_record_status_attempts_result_and_log(api: ApiClient, app: Flask,
     assert sum("item " in line for line in logs) == 3
     with app.app_context():
         db.session.remove()
+
+
+def test_a_run_ends_while_another_queue_change_holds_the_queue_lock_and_the_next_starts_after_it(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    """A run's end only frees the running slot: it needs its batch's row, not the queue lock."""
+    profile_ids = api.profiles(1)
+    running = api.batch(profile_ids, "sleep", seconds=0.3)
+    behind = api.batch(profile_ids, "noop")
+    with app.app_context(), db.engine.connect() as other_change:
+        other_change.execute(db.text("UPDATE queue_state SET version = version + 1"))  # the queue lock, held
+        wait_for(lambda: api.get(f"/batches/{running['id']}").get_json()["status"] == "done", timeout=10)
+        assert api.get(f"/batches/{behind['id']}").get_json()["status"] == "queued"  # its promotion waits
+        other_change.rollback()
+    wait_for(lambda: api.get(f"/batches/{behind['id']}").get_json()["status"] == "done", timeout=10)
