@@ -9,6 +9,11 @@ from flask import Flask
 from app.config import Settings
 from app.extensions import db, migrate
 
+# The web app checks each pooled connection before use (pool_pre_ping), so that
+# a request never fails because PostgreSQL restarted. Workers don't (see
+# workers/celery_app.py).
+ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app from settings (the environment by default)."""
@@ -26,7 +31,7 @@ def _configure(app: Flask, settings: Settings, overrides: dict[str, Any]) -> Non
         SETTINGS=settings,
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20},
+        SQLALCHEMY_ENGINE_OPTIONS=ENGINE_OPTIONS,
         REDIS_URL=settings.redis_url,
         CELERY_BROKER_URL=settings.broker_url,
         EVENTS_CHANNEL=settings.events_channel,

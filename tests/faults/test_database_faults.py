@@ -31,7 +31,8 @@ def cut_database_connections(app: Flask) -> int:
 def test_connections_cut_between_batches_the_next_batches_still_run_in_order(
     api: ApiClient, app: Flask, prefork_worker: WorkerProcess
 ) -> None:
-    """Every pooled connection of every pool process is dead: each is replaced before its first use."""
+    """Workers don't ping a pooled connection before use: the first statement on a dead one fails,
+    its pool is replaced and the task repaired (a promotion retries, a failed run is recovered)."""
     prefork_worker.start()
     profile_ids = api.profiles(2)
     warm = [enqueue(app, profile_ids, "noop") for _ in range(3)]  # every pool process holds connections
