@@ -2,16 +2,13 @@
 
 from celery.signals import worker_process_init
 
-from app import ENGINE_OPTIONS, create_app
+from app import create_app
 from app.extensions import db
+from workers.database import WORKER_ENGINE_OPTIONS, commit_without_waiting_for_disk
 
-# No ping before each use of a pooled connection: it is a round trip to
-# PostgreSQL at three steps of the handoff between two batches (0.6 ms of its
-# 8, measured). A connection that died with a PostgreSQL restart fails its first
-# statement instead; SQLAlchemy then replaces every connection of that pool, and
-# the task is repaired as after any database error: promotions retry, a failed
-# run is recovered at once (tests/faults/test_database_faults.py).
-flask_app = create_app(SQLALCHEMY_ENGINE_OPTIONS={**ENGINE_OPTIONS, "pool_pre_ping": False})
+flask_app = create_app(SQLALCHEMY_ENGINE_OPTIONS=WORKER_ENGINE_OPTIONS)
+with flask_app.app_context():
+    commit_without_waiting_for_disk(db.engine)
 celery_app = flask_app.extensions["celery"]
 celery_app.conf.update(include=["tasks.batches", "tasks.queue"])
 
