@@ -6,11 +6,12 @@ are serialized against each other. The database backs the rules up: a partial
 unique index refuses a second running batch and a deferred unique constraint
 refuses a duplicated position.
 
-A run's end is the one change that skips the queue lock, because it lies
-between two batches and only ever frees the running slot: it locks its batch's
-row, which every change touching the running batch locks too (after the queue
-row, so there is no cycle to deadlock on). A promotion that misses a slot freed
-at the same moment starts nothing, and the end's own chained promotion follows.
+A run's own end is the one change that skips the queue lock, because it lies
+between two batches and only ever frees the running slot: it is one statement
+that locks its batch's row, which every change touching the running batch locks
+too (after the queue row, so there is no cycle to deadlock on). A promotion
+that misses a slot freed at the same moment starts nothing, and the end's own
+chained promotion follows.
 
 Side effects (dispatching a run, publishing a live hint) happen only after the
 transaction commits, so a worker never looks for a row it can't see yet.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from app.errors import Conflict, NotFound
 from app.extensions import db
@@ -148,20 +149,90 @@ _RENUMBER = text(
     """
 )
 
-_LOCK_RUN = text(
-    "SELECT status, total_items, succeeded_items, failed_items, dispatch_token FROM batches"
-    " WHERE id = :id AND status IN ('in_progress', 'stopping') FOR UPDATE"
-)
-
+# The end of a run, in one statement, so that a run's own end is a single round
+# trip on its autocommit connection (it lies between two batches). Only while
+# the batch is running (and, with a token, only for the run holding it): it
+# writes the run's last item if there is one, adds its outcome to the counters,
+# decides the batch's status (stopped after a stop, done when every item
+# succeeded and the run reported no error, failed otherwise), puts items left
+# running back to pending and logs the item's lines, then the end. FOR UPDATE
+# reads the batch as it is now, whatever the statement's snapshot saw.
 _END_RUN = text(
     """
-    WITH ended AS (
-        UPDATE batches SET status = :status, error = coalesce(:error, error), finished_at = :now
-        WHERE id = :id RETURNING id
+    WITH own AS (
+        SELECT id, status, total_items, error,
+            succeeded_items + :succeeded AS succeeded, failed_items + :failed AS failed
+        FROM batches
+        WHERE id = :id AND status IN ('in_progress', 'stopping')
+            AND (CAST(:token AS text) IS NULL OR dispatch_token = CAST(:token AS text))
+        FOR UPDATE
+    ), decided AS (
+        SELECT id, total_items, succeeded, failed, total_items - succeeded - failed AS pending, error,
+            CASE
+                WHEN status = 'stopping' THEN 'stopped'
+                WHEN CAST(:error AS text) IS NULL AND failed = 0 AND succeeded = total_items THEN 'done'
+                ELSE 'failed'
+            END AS status
+        FROM own
+    ), outcome AS (
+        SELECT id, succeeded, failed, pending, status,
+            CASE
+                WHEN status <> 'failed' THEN coalesce(CAST(:error AS text), error)
+                WHEN CAST(:error AS text) IS NOT NULL THEN CAST(:error AS text)
+                WHEN failed > 0 THEN failed || ' of ' || total_items || ' items failed'
+                ELSE pending || ' of ' || total_items || ' items did not run'
+            END AS error
+        FROM decided
+    ), last_item AS (
+        UPDATE batch_items SET status = :item_status, result = CAST(:item_result AS jsonb), error = :item_error,
+            started_at = CASE WHEN :item_interrupted THEN NULL ELSE started_at END,
+            finished_at = :item_finished_at
+        WHERE id = CAST(:item_id AS integer) AND batch_id IN (SELECT id FROM outcome)
+    ), ended AS (
+        UPDATE batches b SET status = o.status, error = o.error, finished_at = :now,
+            succeeded_items = o.succeeded, failed_items = o.failed
+        FROM outcome o
+        WHERE b.id = o.id
+    ), left_pending AS (
+        UPDATE batch_items SET status = 'pending', started_at = NULL
+        WHERE batch_id IN (SELECT id FROM outcome WHERE pending > 0) AND status = 'running'
+            AND id IS DISTINCT FROM CAST(:item_id AS integer)
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT batch_id, at, level, message FROM (
+            SELECT o.id AS batch_id, CAST(:item_at AS timestamptz) AS at, line.level, line.message, line.place
+            FROM outcome o,
+                ROWS FROM (jsonb_to_recordset(CAST(:lines AS jsonb)) AS (level text, message text))
+                WITH ORDINALITY AS line(level, message, place)
+            UNION ALL
+            SELECT id, :now, CASE WHEN status = 'failed' THEN 'error' ELSE 'info' END,
+                CASE status
+                    WHEN 'stopped' THEN 'stopped (' || pending || ' items left pending)'
+                    WHEN 'done' THEN 'finished: done'
+                    ELSE 'finished: failed (' || error || ')'
+                END,
+                9223372036854775807
+            FROM outcome
+        ) lines
+        ORDER BY place
     )
-    INSERT INTO batch_logs (batch_id, at, level, message) SELECT id, :now, :level, :message FROM ended
+    SELECT status FROM outcome
     """
 )
+
+# What _END_RUN writes for a run that ends without a last item to record.
+_NO_LAST_ITEM = {
+    "item_id": None,
+    "item_status": None,
+    "item_result": None,
+    "item_error": None,
+    "item_interrupted": False,
+    "item_finished_at": None,
+    "item_at": None,
+    "succeeded": 0,
+    "failed": 0,
+    "lines": "[]",
+}
 
 _RESET_RUNNING_ITEMS = text(
     "UPDATE batch_items SET status = 'pending', started_at = NULL WHERE batch_id = :id AND status = 'running'"
@@ -202,14 +273,9 @@ class QueueManager:
     # --- changes -------------------------------------------------------------
 
     @contextmanager
-    def _change(self, lock_queue: bool = True) -> Iterator[_Change]:
-        """Run one serialized queue transaction, then its after-commit actions.
-
-        Only a run's end passes lock_queue=False (see the module docstring);
-        such a change does not know whether the queue is paused, so it counts as
-        paused: it can never promote.
-        """
-        change = _Change(paused=self._lock_queue() if lock_queue else True)
+    def _change(self) -> Iterator[_Change]:
+        """Run one serialized queue transaction, then its after-commit actions."""
+        change = _Change(paused=self._lock_queue())
         try:
             yield change
             db.session.commit()
@@ -286,26 +352,24 @@ class QueueManager:
 
     def finish_run(
         self,
+        connection: Connection,
         batch_id: int,
         token: str,
         error: str | None = None,
-        record_last: Callable[[], Row[Any] | None] | None = None,
+        last_item: dict[str, Any] | None = None,
     ) -> str | None:
-        """Record the end of a run: done, failed or (after a stop) stopped.
+        """Record the end of a run: done, failed or (after a stop) stopped; return the new status.
 
-        Fenced by the dispatch token: a run that was presumed lost and replaced
-        changes nothing. `record_last` writes the run's last item in the same
-        transaction and returns the batch's row, locked, or None if the run no
-        longer owns the batch. No queue lock (see the module docstring), and no
-        promotion here: the run task's success or failure signal chains it.
+        One statement on the run's own autocommit connection, with the run's
+        last item (`last_item`: the item_* parameters of _END_RUN) written in
+        it. Fenced by the dispatch token: a run that was presumed lost and
+        replaced changes nothing (None). No queue lock, because a run's end only
+        frees the running slot (see the module docstring), and no promotion
+        here: the run task's success or failure signal chains it.
         """
-        with self._change(lock_queue=False) as change:
-            locked = None
-            if record_last is not None:
-                locked = record_last()
-                if locked is None:
-                    return None
-            status = self._end_run(change, batch_id, error, token=token, locked=locked)
+        status = connection.execute(_END_RUN, self._end_parameters(batch_id, error, token, last_item)).scalar()
+        if status is not None:
+            events.publish("finished", batch_id)
         return status
 
     def stop(self, batch_id: int, actor: str) -> Batch:
@@ -475,53 +539,18 @@ class QueueManager:
         batch_id = batch.id
         change.after_commit.append(lambda: dispatch.send_run(batch_id, token))
 
-    def _end_run(
-        self,
-        change: _Change,
-        batch_id: int,
-        error: str | None,
-        token: str | None = None,
-        locked: Row[Any] | None = None,
-    ) -> str | None:
-        """End the running batch: stopped after a stop, else done or failed; return the new status.
-
-        With a token, only the run holding it may end the batch (None otherwise).
-        `locked` is the batch's row if this transaction has already locked and read it.
-        """
-        row = locked or db.session.execute(_LOCK_RUN, {"id": batch_id}).one_or_none()
-        if row is None or row.status not in RUNNING_STATUSES or (token is not None and row.dispatch_token != token):
-            return None
-        pending = row.total_items - row.succeeded_items - row.failed_items
-        level = "info"
-        if row.status == BatchStatus.STOPPING:
-            status, message = BatchStatus.STOPPED, f"stopped ({pending} items left pending)"
-        elif error is None and row.failed_items == 0 and pending == 0:
-            status, message = BatchStatus.DONE, "finished: done"
-        else:
-            status, level = BatchStatus.FAILED, "error"
-            error = error or self._failure_summary(row.failed_items, pending, row.total_items)
-            message = f"finished: failed ({error})"
-        if pending:
-            db.session.execute(_RESET_RUNNING_ITEMS, {"id": batch_id})
-        db.session.execute(
-            _END_RUN,
-            {
-                "id": batch_id,
-                "status": status.value,
-                "error": error,
-                "now": utcnow(),
-                "level": level,
-                "message": message,
-            },
-        )
-        change.publish("finished", batch_id)
-        return status.value
+    def _end_run(self, change: _Change, batch_id: int, error: str | None) -> str | None:
+        """End the running batch in this queue transaction; return its new status (None if none runs)."""
+        status = db.session.execute(_END_RUN, self._end_parameters(batch_id, error)).scalar()
+        if status is not None:
+            change.publish("finished", batch_id)
+        return status
 
     @staticmethod
-    def _failure_summary(failed: int, pending: int, total: int) -> str:
-        if failed:
-            return f"{failed} of {total} items failed"
-        return f"{pending} of {total} items did not run"
+    def _end_parameters(
+        batch_id: int, error: str | None, token: str | None = None, last_item: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return {**_NO_LAST_ITEM, **(last_item or {}), "id": batch_id, "token": token, "error": error, "now": utcnow()}
 
     @staticmethod
     def _set_paused(change: _Change, paused: bool, actor: str | None) -> None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from app import processors
@@ -153,7 +153,7 @@ def _run_leased(
     lease_connection: Connection, claimed: Claimed | None, batch_id: int, token: str, heartbeat_timeout: float
 ) -> str:
     if claimed is None:
-        return _end_if_stopped_before_claim(batch_id, token)
+        return _end_if_stopped_before_claim(lease_connection, batch_id, token)
     watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     ended = ItemsEnd()
     try:
@@ -173,8 +173,8 @@ def _run_leased(
     if ended.handed_back:
         _log_if_owned(batch_id, token, "worker shutting down: run handed back between items, to resume elsewhere")
         return HANDED_BACK
-    record_last = ended.last_item.write if ended.last_item is not None else None
-    return queue_manager.finish_run(batch_id, token, ended.error, record_last=record_last) or "fenced"
+    last_item = ended.last_item.parameters if ended.last_item is not None else None
+    return queue_manager.finish_run(lease_connection, batch_id, token, ended.error, last_item) or "fenced"
 
 
 _LOG_IF_OWNED = text(
@@ -190,7 +190,7 @@ def _log_if_owned(batch_id: int, token: str, message: str) -> None:
     db.session.commit()
 
 
-def _end_if_stopped_before_claim(batch_id: int, token: str) -> str:
+def _end_if_stopped_before_claim(lease_connection: Connection, batch_id: int, token: str) -> str:
     """End the batch if a stop came before this run's claim; otherwise the run is stale.
 
     That stop found the lease taken (by this run before its claim, or by a stale
@@ -202,7 +202,7 @@ def _end_if_stopped_before_claim(batch_id: int, token: str) -> str:
     db.session.rollback()
     if status != BatchStatus.STOPPING:
         return "stale"
-    return queue_manager.finish_run(batch_id, token) or "stale"
+    return queue_manager.finish_run(lease_connection, batch_id, token) or "stale"
 
 
 _OWN_STATUS = text("SELECT status FROM batches WHERE id = :id AND dispatch_token = :token")
@@ -272,28 +272,27 @@ _START_ITEM = text(
     """
 )
 
-# An item's outcome, the batch's counters and the log line, in one statement that
-# returns the batch's row as it now is (locked until commit), or nothing if this
-# run no longer owns the batch.
+# An item's outcome, the batch's counters and the log lines, in one statement,
+# only while this run owns the batch. (A run's last item is written with the
+# batch's end instead: queue_manager.finish_run.)
 _FINISH_ITEM = text(
     """
     WITH own AS (
         SELECT id FROM batches WHERE id = :batch_id AND dispatch_token = :token FOR UPDATE
     ), item AS (
-        UPDATE batch_items SET status = :status, result = CAST(:result AS jsonb), error = :error,
-            started_at = CASE WHEN :interrupted THEN NULL ELSE started_at END,
-            finished_at = :finished_at
+        UPDATE batch_items SET status = :item_status, result = CAST(:item_result AS jsonb), error = :item_error,
+            started_at = CASE WHEN :item_interrupted THEN NULL ELSE started_at END,
+            finished_at = :item_finished_at
         WHERE id = :item_id AND batch_id IN (SELECT id FROM own)
     ), counters AS (
         UPDATE batches SET succeeded_items = succeeded_items + :succeeded, failed_items = failed_items + :failed
         WHERE id IN (SELECT id FROM own)
-        RETURNING status, total_items, succeeded_items, failed_items, dispatch_token
     ), logged AS (
         INSERT INTO batch_logs (batch_id, at, level, message)
-        SELECT own.id, :now, line.level, line.message
+        SELECT own.id, :item_at, line.level, line.message
         FROM own, jsonb_to_recordset(CAST(:lines AS jsonb)) AS line(level text, message text)
     )
-    SELECT * FROM counters
+    SELECT count(*) FROM own
     """
 )
 
@@ -352,7 +351,7 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> ItemsEnd:
         record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
         if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
             return ItemsEnd(last_item=record)
-        if record.write() is None:
+        if not record.write():
             db.session.rollback()
             raise Fenced()
         db.session.commit()
@@ -398,7 +397,9 @@ def _start_item(batch_id: int, token: str, item_id: int) -> int | None:
 class ItemRecord:
     """An item's outcome, stamped when the processor finished, ready to be written."""
 
-    parameters: dict[str, Any]
+    batch_id: int
+    token: str
+    parameters: dict[str, Any]  # the item_* parameters, counters and lines of _FINISH_ITEM and of the run's end
 
     @classmethod
     def of(
@@ -419,27 +420,26 @@ class ItemRecord:
             }
         )
         return cls(
+            batch_id,
+            token,
             {
-                "batch_id": batch_id,
-                "token": token,
                 "item_id": item.id,
-                "status": outcome.status.value,
-                "result": json.dumps(outcome.result) if outcome.result is not None else None,
-                "error": outcome.error,
-                "interrupted": interrupted,
-                "finished_at": None if interrupted else now,
+                "item_status": outcome.status.value,
+                "item_result": json.dumps(outcome.result) if outcome.result is not None else None,
+                "item_error": outcome.error,
+                "item_interrupted": interrupted,
+                "item_finished_at": None if interrupted else now,
+                "item_at": now,
                 "succeeded": int(outcome.status is ItemStatus.SUCCEEDED),
                 "failed": int(outcome.status is ItemStatus.FAILED),
-                "now": now,
                 "lines": json.dumps(lines),
-            }
+            },
         )
 
-    def write(self) -> Row[Any] | None:
-        """Write the outcome, the batch's progress and the log line in the session's transaction.
+    def write(self) -> bool:
+        """Write the outcome, the batch's progress and the log lines in the session's transaction.
 
-        Returns the batch's counters as they now are, which the last item's
-        write hands to the end of the run; None when the run no longer owns
-        the batch (nothing is written then).
+        False when the run no longer owns the batch (nothing is written then).
         """
-        return db.session.execute(_FINISH_ITEM, self.parameters).one_or_none()
+        parameters = {**self.parameters, "batch_id": self.batch_id, "token": self.token}
+        return bool(db.session.execute(_FINISH_ITEM, parameters).scalar())

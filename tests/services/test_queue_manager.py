@@ -215,3 +215,58 @@ def test_two_move_ups_at_once_move_the_batch_two_places(app_ctx: Flask, sent: li
     run_in_threads(2, up)
     assert _queued_ids().index(mover) + 1 == 3
     assert queue_violations() == []
+
+
+def _running_with_items_started(app_ctx: Flask, item_count: int) -> tuple[int, str]:
+    """A running batch whose first item is `running`, as a run that just claimed it leaves it."""
+    batch_id = _enqueue(app_ctx, insert_profiles(item_count))
+    db.session.execute(
+        db.text("UPDATE batch_items SET status = 'running', attempts = 1 WHERE batch_id = :id AND position = 0"),
+        {"id": batch_id},
+    )
+    db.session.commit()
+    return batch_id, db.session.get(Batch, batch_id).dispatch_token
+
+
+def _end_as_the_run(batch_id: int, token: str, error: str | None = None) -> str | None:
+    with db.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        return queue_manager.finish_run(autocommit, batch_id, token, error)
+
+
+def _ended(batch_id: int) -> tuple[Any, list[str], list[str]]:
+    db.session.rollback()
+    batch = db.session.get(Batch, batch_id)
+    items = db.session.scalars(
+        db.text("SELECT status FROM batch_items WHERE batch_id = :id ORDER BY position"), {"id": batch_id}
+    ).all()
+    logs = db.session.scalars(
+        db.text("SELECT message FROM batch_logs WHERE batch_id = :id ORDER BY id"), {"id": batch_id}
+    ).all()
+    return batch, list(items), list(logs)
+
+
+def test_a_run_ending_with_items_left_fails_its_batch_saying_so_and_puts_them_back_to_pending(
+    app_ctx: Flask, sent: list[Any]
+) -> None:
+    batch_id, token = _running_with_items_started(app_ctx, 3)
+    assert _end_as_the_run(batch_id, "another run's token") is None  # fenced: nothing changes
+    assert _ended(batch_id)[0].status == "in_progress"
+
+    assert _end_as_the_run(batch_id, token) == "failed"
+    batch, items, logs = _ended(batch_id)
+    assert (batch.status, batch.error, batch.queue_position) == ("failed", "3 of 3 items did not run", None)
+    assert batch.finished_at is not None
+    assert items == ["pending", "pending", "pending"]
+    assert logs[-1] == "finished: failed (3 of 3 items did not run)"
+    assert _end_as_the_run(batch_id, token) is None  # it has ended: a second end changes nothing
+    assert queue_violations() == []
+
+
+def test_a_run_ending_with_an_error_fails_its_batch_with_that_error(app_ctx: Flask, sent: list[Any]) -> None:
+    batch_id, token = _running_with_items_started(app_ctx, 2)
+    assert _end_as_the_run(batch_id, token, error="run crashed: KeyError: 'x'") == "failed"
+    batch, items, logs = _ended(batch_id)
+    assert (batch.status, batch.error) == ("failed", "run crashed: KeyError: 'x'")
+    assert items == ["pending", "pending"]
+    assert logs[-1] == "finished: failed (run crashed: KeyError: 'x')"
