@@ -155,8 +155,9 @@ _RENUMBER = text(
 # writes the run's last item if there is one, adds its outcome to the counters,
 # decides the batch's status (stopped after a stop, done when every item
 # succeeded and the run reported no error, failed otherwise), puts items left
-# running back to pending and logs the item's lines, then the end. FOR UPDATE
-# reads the batch as it is now, whatever the statement's snapshot saw.
+# running back to pending and logs the item's lines, then the end; a run ending
+# itself also gives back its lease. FOR UPDATE reads the batch as it is now,
+# whatever the statement's snapshot saw.
 _END_RUN = text(
     """
     WITH own AS (
@@ -215,8 +216,13 @@ _END_RUN = text(
             FROM outcome
         ) lines
         ORDER BY place
+    ), released AS (
+        -- A run ending itself gives its lease back, once the batch's row is locked
+        -- (own), so that nobody acting on a free lease finds the batch still running.
+        SELECT pg_advisory_unlock(:lease_class, :id) FROM (SELECT count(*) FROM own) AS own_first
+        WHERE :release_lease
     )
-    SELECT status FROM outcome
+    SELECT (SELECT status FROM outcome) AS status, (SELECT count(*) FROM released) AS released
     """
 )
 
@@ -362,12 +368,15 @@ class QueueManager:
 
         One statement on the run's own autocommit connection, with the run's
         last item (`last_item`: the item_* parameters of _END_RUN) written in
-        it. Fenced by the dispatch token: a run that was presumed lost and
-        replaced changes nothing (None). No queue lock, because a run's end only
-        frees the running slot (see the module docstring), and no promotion
-        here: the run task's success or failure signal chains it.
+        it, which also gives back the run's lease, held on that connection,
+        whatever the outcome. Fenced by the dispatch token: a run that was
+        presumed lost and replaced changes nothing (None). No queue lock,
+        because a run's end only frees the running slot (see the module
+        docstring), and no promotion here: the run task's success or failure
+        signal chains it.
         """
-        status = connection.execute(_END_RUN, self._end_parameters(batch_id, error, token, last_item)).scalar()
+        parameters = self._end_parameters(batch_id, error, token, last_item, release_lease=True)
+        status = connection.execute(_END_RUN, parameters).scalar()
         if status is not None:
             events.publish("finished", batch_id)
         return status
@@ -548,9 +557,22 @@ class QueueManager:
 
     @staticmethod
     def _end_parameters(
-        batch_id: int, error: str | None, token: str | None = None, last_item: dict[str, Any] | None = None
+        batch_id: int,
+        error: str | None,
+        token: str | None = None,
+        last_item: dict[str, Any] | None = None,
+        release_lease: bool = False,
     ) -> dict[str, Any]:
-        return {**_NO_LAST_ITEM, **(last_item or {}), "id": batch_id, "token": token, "error": error, "now": utcnow()}
+        return {
+            **_NO_LAST_ITEM,
+            **(last_item or {}),
+            "id": batch_id,
+            "token": token,
+            "error": error,
+            "now": utcnow(),
+            "lease_class": leases.LEASE_CLASS,
+            "release_lease": release_lease,
+        }
 
     @staticmethod
     def _set_paused(change: _Change, paused: bool, actor: str | None) -> None:

@@ -120,41 +120,59 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
     the database answers again.
     """
     with db.engine.connect() as connection:
-        lease_connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        lease = Lease(connection.execution_options(isolation_level="AUTOCOMMIT"), batch_id)
         try:
-            leased, claimed = _lease_and_claim(lease_connection, batch_id, token)
-        except BaseException:
-            _release(lease_connection, batch_id)  # a session lock outlives the failed statement that took it
-            raise
-        if not leased:
-            return "duplicate"
-        try:
-            outcome = _run_leased(lease_connection, claimed, batch_id, token, heartbeat_timeout)
+            leased, claimed = _lease_and_claim(lease.connection, batch_id, token)
+            lease.held = leased  # a session lock outlives a failed statement that took it: then give it back
+            if not leased:
+                return "duplicate"
+            outcome = _run_leased(lease, claimed, token, heartbeat_timeout)
         finally:
-            _release(lease_connection, batch_id)
+            lease.give_back()
     if outcome == HANDED_BACK:  # only now: a copy delivered while we held the lease would have been dropped
         dispatch.hand_back_run(batch_id, token)
     return outcome
 
 
-def _release(lease_connection: Connection, batch_id: int) -> None:
-    """Give the lease back; if the connection is broken, end its database session, which frees it too."""
-    try:
+@dataclass
+class Lease:
+    """A run's lease: a session lock on the run's own (autocommit) connection, taken by its claim.
+
+    The run's end gives it back in the same statement (queue_manager.finish_run);
+    any other way out of the run gives it back with `give_back`.
+    """
+
+    connection: Connection
+    batch_id: int
+    held: bool = True
+
+    def give_back(self) -> None:
+        """Give the lease back if still held; if the connection is broken, end its session, which frees it too."""
         db.session.rollback()
-        if lease_connection.invalidated:  # its session is already gone, and the lease with it
+        if not self.held:
             return
-        leases.release(lease_connection, batch_id)
-    except OperationalError:
-        log.warning("could not release the lease of batch %s; closing its connection instead", batch_id)
-        lease_connection.invalidate()
+        self.held = False
+        if self.connection.invalidated:  # its session is already gone, and the lease with it
+            return
+        try:
+            leases.release(self.connection, self.batch_id)
+        except OperationalError:
+            log.warning("could not release the lease of batch %s; closing its connection instead", self.batch_id)
+            self.connection.invalidate()
 
 
-def _run_leased(
-    lease_connection: Connection, claimed: Claimed | None, batch_id: int, token: str, heartbeat_timeout: float
-) -> str:
+def _finish(lease: Lease, token: str, error: str | None = None, last_item: dict[str, Any] | None = None) -> str | None:
+    """End the run (which gives its lease back); the new status, or None if the run no longer owns the batch."""
+    status = queue_manager.finish_run(lease.connection, lease.batch_id, token, error, last_item)
+    lease.held = False
+    return status
+
+
+def _run_leased(lease: Lease, claimed: Claimed | None, token: str, heartbeat_timeout: float) -> str:
+    batch_id = lease.batch_id
     if claimed is None:
-        return _end_if_stopped_before_claim(lease_connection, batch_id, token)
-    watcher = Watcher(lease_connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
+        return _end_if_stopped_before_claim(lease, token)
+    watcher = Watcher(lease.connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     ended = ItemsEnd()
     try:
         watcher.start()
@@ -174,7 +192,7 @@ def _run_leased(
         _log_if_owned(batch_id, token, "worker shutting down: run handed back between items, to resume elsewhere")
         return HANDED_BACK
     last_item = ended.last_item.parameters if ended.last_item is not None else None
-    return queue_manager.finish_run(lease_connection, batch_id, token, ended.error, last_item) or "fenced"
+    return _finish(lease, token, ended.error, last_item) or "fenced"
 
 
 _LOG_IF_OWNED = text(
@@ -190,7 +208,7 @@ def _log_if_owned(batch_id: int, token: str, message: str) -> None:
     db.session.commit()
 
 
-def _end_if_stopped_before_claim(lease_connection: Connection, batch_id: int, token: str) -> str:
+def _end_if_stopped_before_claim(lease: Lease, token: str) -> str:
     """End the batch if a stop came before this run's claim; otherwise the run is stale.
 
     That stop found the lease taken (by this run before its claim, or by a stale
@@ -198,11 +216,11 @@ def _end_if_stopped_before_claim(lease_connection: Connection, batch_id: int, to
     This run owns the batch's token, so that is its job; left alone, the batch
     would stay stopping until the reconciler's heartbeat timeout.
     """
-    status = db.session.execute(_OWN_STATUS, {"id": batch_id, "token": token}).scalar()
+    status = db.session.execute(_OWN_STATUS, {"id": lease.batch_id, "token": token}).scalar()
     db.session.rollback()
     if status != BatchStatus.STOPPING:
         return "stale"
-    return queue_manager.finish_run(lease_connection, batch_id, token) or "stale"
+    return _finish(lease, token) or "stale"
 
 
 _OWN_STATUS = text("SELECT status FROM batches WHERE id = :id AND dispatch_token = :token")

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from app.extensions import db
-from tests.conftest import ApiClient, queue_violations, wait_for
+from tests.conftest import ApiClient, held_leases, queue_violations, wait_for
 
 
 def _all_finished(api: ApiClient, count: int) -> list[dict]:
@@ -37,6 +37,7 @@ def test_chain_runs_in_creation_order_without_overlap_and_a_failure_does_not_blo
         assert earlier["finished_at"] <= later["started_at"], (earlier, later)
     with app.app_context():
         assert queue_violations() == []
+        assert held_leases() == []  # each run's end gave its lease back in the statement that ended it
 
 
 def test_items_record_status_attempts_result_and_log(api: ApiClient, app: Flask, celery_worker: Any) -> None:
