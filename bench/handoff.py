@@ -3,7 +3,8 @@
 Submits back-to-back single-profile `noop` batches to a real prefork Celery
 worker (the Procfile's command) and reports p50/p95/p99 of the handoff, beside a
 baseline measured in the same run: a bare Celery task whose task_success handler
-dispatches the next one. Not a test: it prints figures and never fails on them.
+dispatches the next one, on a worker of bare Celery (bench/bare_celery.py), then
+again on the batchq worker. Not a test: it prints figures and never fails on them.
 
     .venv/bin/python -m bench.handoff [--batches 200]
 
@@ -40,7 +41,7 @@ def summary(values_ms: list[float]) -> str:
     )
 
 
-def start_worker(env: dict[str, str], app: str) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], app: str = "workers.celery_app") -> subprocess.Popen[bytes]:
     """A prefork worker as the Procfile starts one, on the batchq app or on bare Celery."""
     command = [
         sys.executable,
@@ -103,9 +104,9 @@ class Handoff:
     """The gaps between consecutive batches, whole and in their three stages (ms)."""
 
     gaps: list[float]
-    ending: list[float]  # last item finished -> batch finished (the run commits its end)
-    promoting: list[float]  # batch finished -> next batch promoted (signal, promotion task)
-    starting: list[float]  # next batch promoted -> its first item started (run task, lease, claim)
+    ending: list[float]  # last item finished -> batch finished (stamped as the run sends its end)
+    promoting: list[float]  # batch finished -> next batch promoted (the end, signal, promotion task)
+    starting: list[float]  # next batch promoted -> its first item started (run task; stamped as it claims)
     elapsed: float
 
 
@@ -176,8 +177,8 @@ def main() -> None:
     print(f"baseline (bare Celery, task_success -> next task): {summary(bare)}")
     print(f"  the same on the batchq worker (its transport, Flask app context): {summary(same_worker)}")
     print(f"handoff  (batch end -> next batch's first item):  {summary(handoff.gaps)}")
-    print(f"  1. last item -> batch finished (run ends it):   {summary(handoff.ending)}")
-    print(f"  2. batch finished -> next promoted (signal hop): {summary(handoff.promoting)}")
+    print(f"  1. last item -> batch finished (end stamped):  {summary(handoff.ending)}")
+    print(f"  2. batch finished -> next promoted (end, signal hop): {summary(handoff.promoting)}")
     print(f"  3. promoted -> its first item (run hop, claim): {summary(handoff.starting)}")
     p50 = statistics.median(handoff.gaps)
     print(

@@ -620,7 +620,7 @@ def print_kills(group: list[Round], child: list[Round], heartbeat_timeout: float
         "the worker noticed the child died",
         _recovery_rows("kill -> worker noticed the child died (log)"),
     )
-    at_once = sum(1 for r in child if r.lost_line and "worker process died" in r.lost_line)
+    at_once = sum(1 for r in child if r.lost_line and "run task failed" in r.lost_line)
     print(
         f"  recovered through task_failure ('its run task failed'): {at_once}/{len(child)};"
         f" by the reconciler ('no heartbeat'): {sum(1 for r in child if r.lost_line and 'no heartbeat' in r.lost_line)}"
