@@ -120,10 +120,12 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
     the database answers again.
     """
     with db.engine.connect() as connection:
+        # Counted as held until the claim says otherwise: a session lock outlives a
+        # failed statement that took it, so a claim that raises gives it back too.
         lease = Lease(connection.execution_options(isolation_level="AUTOCOMMIT"), batch_id)
         try:
             leased, claimed = _lease_and_claim(lease.connection, batch_id, token)
-            lease.held = leased  # a session lock outlives a failed statement that took it: then give it back
+            lease.held = leased
             if not leased:
                 return "duplicate"
             outcome = _run_leased(lease, claimed, token, heartbeat_timeout)
