@@ -26,20 +26,13 @@ from typing import Any
 
 import requests
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bench.setup import ROOT, bench_environment, percentile
 
 BENCH_DB = "batchq_bench_live"
 BENCH_REDIS_DB = 13
 CHANNEL = "batchq-bench-live:events"
 USER, PASSWORD = "bench", "bench-password"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Resolves with the wall-clock time (ms) at which the selector's text first equals `text`.
 WATCH_JS = """([selector, text]) => {
@@ -261,7 +254,7 @@ def main() -> None:
     web = start_web(env, port)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 720})
             page.goto(f"{url}/login")
             page.fill("input[name=username]", USER)

@@ -18,17 +18,8 @@ from playwright import sync_api
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from app.live.hub import Hub
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import PASSWORD
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # A user's machine may lack Chromium: the browser tests are then skipped with the
 # reason. CI sets REQUIRE_CHROMIUM=1, so that there a missing browser fails the run.
