@@ -42,7 +42,7 @@ class WorkerProcess:
             "SECRET_KEY": "test-secret",
             "BATCHQ_EVENTS_CHANNEL": settings.events_channel,
             "BATCH_HEARTBEAT_TIMEOUT": "2",
-            "PROCESSOR_MODULES": "tests.faults.stubborn",
+            "PROCESSOR_MODULES": "tests.faults.stubborn,tests.faults.probe",
             "BATCHQ_TEST_KEYPREFIX": self.prefix,
             "REMAP_SIGTERM": "SIGQUIT",  # as the Procfile's worker line
             "PYTHONPATH": str(ROOT),

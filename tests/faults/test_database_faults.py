@@ -10,7 +10,7 @@ from flask import Flask
 from app.extensions import db
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import WorkerProcess
-from tests.faults.helpers import batch_row, batch_status, enqueue, violations
+from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, violations
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 
@@ -46,3 +46,17 @@ def test_connections_cut_between_batches_the_next_batches_still_run_in_order(
     assert [row.succeeded_items for row in rows] == [2, 2, 2, 2]
     assert all(earlier.finished_at <= later.started_at for earlier, later in pairwise(rows))  # in order, one at a time
     assert violations(app) == []
+
+
+def test_the_worker_commits_without_waiting_for_disk_and_does_not_ping_while_the_web_app_does(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    """workers/database.py's settings reach the real worker's pool processes (after their fork)."""
+    prefork_worker.start()
+    batch_id = enqueue(app, api.profiles(1), "probe")
+    wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
+    assert item_rows(app, batch_id)[0].result == {"synchronous_commit": "off", "pre_ping": False}
+    with app.app_context():
+        assert db.session.execute(db.text("SHOW synchronous_commit")).scalar() == "on"
+        assert db.engine.pool._pre_ping
+        db.session.rollback()
