@@ -127,13 +127,17 @@ class Services:
         self.workers_started = 0
         self.beats_started = 0
 
-    def configure(self, heartbeat_timeout: float, reconcile_interval: float) -> None:
+    def start(self, heartbeat_timeout: float, reconcile_interval: float) -> None:
+        """Start beat and a worker with these timings; return once the worker answers."""
         self.env = {
             **self.env,
             "BATCH_HEARTBEAT_TIMEOUT": f"{heartbeat_timeout:g}",
             "RECONCILE_INTERVAL": f"{reconcile_interval:g}",
             "REMAP_SIGTERM": "SIGQUIT",
         }
+        self.start_beat()
+        self.start_worker()
+        wait_for_worker(self.env)
 
     def _spawn(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -715,10 +719,7 @@ def main() -> None:
                 f" RECONCILE_INTERVAL={args.reconcile_interval:g} s)",
                 flush=True,
             )
-            services.configure(args.heartbeat_timeout, args.reconcile_interval)
-            services.start_beat()
-            services.start_worker()
-            wait_for_worker(services.env)
+            services.start(args.heartbeat_timeout, args.reconcile_interval)
             limit = args.heartbeat_timeout + args.reconcile_interval + 60
             group, child = measure_kills(services, args.rounds, profile_ids, limit)
             services.stop()
@@ -729,10 +730,7 @@ def main() -> None:
                 f" RECONCILE_INTERVAL={args.soak_reconcile_interval:g} s)",
                 flush=True,
             )
-            services.configure(args.soak_heartbeat_timeout, args.soak_reconcile_interval)
-            services.start_beat()
-            services.start_worker()
-            wait_for_worker(services.env)
+            services.start(args.soak_heartbeat_timeout, args.soak_reconcile_interval)
             soak = run_soak(services, args.soak_batches, args.kill_every, args.soak_timeout, profile_ids)
             services.stop()
             checks = check(soak.kills)
