@@ -10,6 +10,7 @@ from app.models.batches import (
     BatchStatus,
     ItemStatus,
 )
+from app.models.processes import ServiceProcess
 from app.models.profiles import Profile
 from app.models.queue_state import QueueState
 
@@ -24,5 +25,6 @@ __all__ = [
     "ItemStatus",
     "Profile",
     "QueueState",
+    "ServiceProcess",
     "User",
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -107,6 +108,13 @@ class Batch(db.Model):
     run_attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stop_requested_by: Mapped[str | None] = mapped_column(String(200))
+    # Seconds one item may run before it fails as timed out (fixed when the batch is created).
+    item_timeout: Mapped[float] = mapped_column(Float, default=3600.0)
+    # The worker (Celery node name) whose run last claimed the batch.
+    worker_name: Mapped[str | None] = mapped_column(String(255))
+    # When the reconciler or a recovery last found the run gone and dispatched it again;
+    # cleared by the next claim. The batch's waiting reason reads it.
+    lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def pending_items(self) -> int:

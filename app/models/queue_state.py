@@ -20,3 +20,5 @@ class QueueState(db.Model):
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Bumped by every queue change; live pages use it to tell old news from new.
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # When a repair round (the reconciler) last ran, whichever process ran it.
+    repaired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
