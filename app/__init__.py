@@ -39,6 +39,8 @@ def _configure(app: Flask, settings: Settings, overrides: dict[str, Any]) -> Non
         BATCH_HEARTBEAT_TIMEOUT=settings.heartbeat_timeout,
         BATCH_MAX_RUN_ATTEMPTS=settings.max_run_attempts,
         RECONCILE_INTERVAL=settings.reconcile_interval,
+        # Seconds an item may run when neither its batch nor its processor says otherwise.
+        ITEM_TIMEOUT_DEFAULT=settings.item_timeout_default,
         # Seconds a stopping run gets before the hard-stop fallback terminates it.
         STOP_GRACE_SECONDS=30.0,
         MAX_CONTENT_LENGTH=1024 * 1024,

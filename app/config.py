@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ def _positive(env: dict[str, str], name: str, default: _N, kind: Callable[[str],
         value = kind(raw)
     except ValueError:
         value = None
-    if value is None or value <= 0:
+    # nan and inf read as floats; neither is a usable number of seconds.
+    if value is None or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
     return value
 
@@ -76,6 +78,7 @@ class Settings:
     heartbeat_timeout: float = 30.0
     max_run_attempts: int = 3
     reconcile_interval: float = 5.0
+    item_timeout_default: float = 3600.0
     events_channel: str = "batchq:events"
     testing: bool = False
     extra: dict[str, object] = field(default_factory=dict)
@@ -105,5 +108,6 @@ class Settings:
             heartbeat_timeout=_positive(env, "BATCH_HEARTBEAT_TIMEOUT", 30.0, float),
             max_run_attempts=_positive(env, "BATCH_MAX_RUN_ATTEMPTS", 3, int),
             reconcile_interval=_positive(env, "RECONCILE_INTERVAL", 5.0, float),
+            item_timeout_default=_positive(env, "ITEM_TIMEOUT_DEFAULT", 3600.0, float),
             events_channel=env.get("BATCHQ_EVENTS_CHANNEL") or "batchq:events",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from flask import Flask
 
 from app.config import ConfigError, Settings
 
@@ -28,3 +29,18 @@ def test_recovery_settings_are_read_from_the_environment() -> None:
 def test_a_bad_recovery_setting_is_refused_naming_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({**BASE, name: value})
+
+
+def test_item_timeout_default_is_an_hour_unless_the_environment_says_otherwise() -> None:
+    assert Settings.from_env(BASE).item_timeout_default == 3600.0
+    assert Settings.from_env({**BASE, "ITEM_TIMEOUT_DEFAULT": "90.5"}).item_timeout_default == 90.5
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_a_bad_item_timeout_default_is_refused_naming_its_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="ITEM_TIMEOUT_DEFAULT"):
+        Settings.from_env({**BASE, "ITEM_TIMEOUT_DEFAULT": value})
+
+
+def test_the_app_config_carries_the_item_timeout_default(app: Flask) -> None:
+    assert app.config["ITEM_TIMEOUT_DEFAULT"] == app.config["SETTINGS"].item_timeout_default == 3600.0
