@@ -7,6 +7,10 @@ from typing import Any, Protocol
 
 from marshmallow import Schema
 
+# The item time limits a batch may ask for, and a processor may declare, in seconds.
+ITEM_TIMEOUT_MIN = 1
+ITEM_TIMEOUT_MAX = 86400
+
 
 class ItemFailed(Exception):
     """Raised by a processor to fail the current item with a message."""
@@ -61,7 +65,15 @@ class RunContext(Protocol):
 
 
 class Processor(Protocol):
-    """A processor: `name`, a marshmallow `schema` for parameters, and `process`."""
+    """A processor: `name`, a marshmallow `schema` for parameters, and `process`.
+
+    It may also declare `item_timeout`, the seconds one item may take with it
+    (ITEM_TIMEOUT_MIN..ITEM_TIMEOUT_MAX), for batches that don't set their own;
+    without it they get ITEM_TIMEOUT_DEFAULT. Not declared here as an attribute,
+    because most processors have none and a protocol member would make it
+    required. Past the limit the item's context reports a stop; a processor
+    that doesn't let go within a few seconds has its process ended.
+    """
 
     name: str
     description: str
