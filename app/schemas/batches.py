@@ -8,6 +8,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from app import processors
 from app.models import BatchStatus, ItemStatus
+from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
+from app.processors.builtin import Number
 from app.schemas.common import PageArgs
 
 MAX_PROFILES = 10_000
@@ -24,6 +26,8 @@ class BatchCreate(Schema):
     )
     processor = fields.String(required=True)
     parameters = fields.Dict(keys=fields.String(), load_default=dict)
+    # Absent: the processor's own limit, else ITEM_TIMEOUT_DEFAULT (app/services/batches.py).
+    item_timeout = Number(allow_nan=False, validate=validate.Range(min=ITEM_TIMEOUT_MIN, max=ITEM_TIMEOUT_MAX))
 
     @validates("profile_ids")
     def distinct_profiles(self, value: list[int], **_: Any) -> None:
@@ -66,6 +70,7 @@ class BatchOut(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(allow_none=True)
+    item_timeout = fields.Float()
 
     def get_progress(self, batch: Any) -> dict[str, int]:
         return {

@@ -6,10 +6,12 @@ import hashlib
 import json
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import processors
 from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
@@ -37,11 +39,26 @@ def create_batch(
         processor=data["processor"],
         parameters=data["parameters"],
         profile_ids=data["profile_ids"],
+        item_timeout=effective_item_timeout(data.get("item_timeout"), data["processor"]),
         created_by=actor,
         idempotency_key=idempotency_key,
         request_digest=request_digest(raw_body if raw_body is not None else data) if idempotency_key else None,
     )
     return queue_manager.enqueue(new)
+
+
+def effective_item_timeout(requested: float | None, processor_name: str) -> float:
+    """The batch's item time limit, fixed at creation: the request's, else its processor's own, else the default.
+
+    Fixed rather than looked up at run time, so a batch keeps the limit it was
+    created with whatever its worker's settings or processor version say.
+    """
+    if requested is not None:
+        return float(requested)
+    declared = getattr(processors.get(processor_name), "item_timeout", None)
+    if declared is not None:
+        return float(declared)
+    return float(current_app.config["ITEM_TIMEOUT_DEFAULT"])
 
 
 def get_batch(batch_id: int) -> Batch:

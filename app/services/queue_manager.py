@@ -70,6 +70,9 @@ class NewBatch:
     processor: str
     parameters: dict[str, Any]
     profile_ids: list[int]
+    # Seconds each item may run; the contract's default, for callers that don't
+    # resolve the effective limit as batches.create_batch does.
+    item_timeout: float = 3600.0
     created_by: str | None = None
     idempotency_key: str | None = None
     request_digest: str | None = None
@@ -327,6 +330,7 @@ class QueueManager:
                 parameters=new.parameters,
                 profile_ids=new.profile_ids,
                 total_items=len(new.profile_ids),
+                item_timeout=new.item_timeout,
                 created_by=new.created_by,
                 idempotency_key=new.idempotency_key,
                 request_digest=new.request_digest,

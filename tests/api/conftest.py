@@ -26,6 +26,7 @@ BATCH_KEYS = {
     "started_at": (str, type(None)),
     "finished_at": (str, type(None)),
     "error": (str, type(None)),
+    "item_timeout": float,
 }
 PROFILE_KEYS = {"id": int, "name": str, "attributes": dict, "created_at": str}
 LIST_KEYS = {"items": list, "total": int, "page": int, "per_page": int}

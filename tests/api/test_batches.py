@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from marshmallow import Schema
 
 from app.extensions import db
+from app.processors import registry
 from tests.api.conftest import (
     LIST_KEYS,
     assert_batch,
@@ -89,6 +91,52 @@ def test_create_batch_without_parameters_uses_the_processor_defaults(api: ApiCli
     response = api.post("/batches", {"name": "n", "profile_ids": profile_ids, "processor": "noop"})
     assert response.status_code == 201
     assert response.get_json()["parameters"] == {}
+
+
+class _Patient:
+    """A processor that declares its own item time limit."""
+
+    name = "patient"
+    description = "Succeeds at once, allowing two hours."
+    schema = Schema
+    item_timeout = 7200
+
+    def process(self, profile: Any, parameters: dict[str, Any], ctx: Any) -> Any:
+        return None
+
+
+def _stored_item_timeout(app: Flask, batch_id: int) -> float:
+    with app.app_context():
+        value = db.session.scalar(db.text("SELECT item_timeout FROM batches WHERE id = :id"), {"id": batch_id})
+        db.session.remove()
+    return value
+
+
+def test_create_batch_item_timeout_defaults_to_an_hour(api: ApiClient, app: Flask, profile_ids: list[int]) -> None:
+    batch = api.batch(profile_ids)
+    assert batch["item_timeout"] == 3600.0 == _stored_item_timeout(app, batch["id"])
+
+
+def test_create_batch_item_timeout_is_the_body_s_else_the_processor_s_else_item_timeout_default(
+    api: ApiClient, app: Flask, profile_ids: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry._processors, _Patient.name, _Patient())
+    monkeypatch.setitem(app.config, "ITEM_TIMEOUT_DEFAULT", 90.0)
+    body = {"name": "b", "profile_ids": profile_ids, "parameters": {}}
+    decided = {
+        "default": api.post("/batches", {**body, "processor": "noop"}),
+        "processor's": api.post("/batches", {**body, "processor": _Patient.name}),
+        "body's": api.post("/batches", {**body, "processor": _Patient.name, "item_timeout": 2.5}),
+    }
+    assert {how: response.get_json()["item_timeout"] for how, response in decided.items()} == {
+        "default": 90.0,
+        "processor's": 7200.0,
+        "body's": 2.5,
+    }
+    for response in decided.values():
+        batch = response.get_json()
+        assert _stored_item_timeout(app, batch["id"]) == batch["item_timeout"]
+        assert api.get(f"/batches/{batch['id']}").get_json()["item_timeout"] == batch["item_timeout"]
 
 
 def test_create_batch_joins_the_end_of_the_queue_while_one_runs(api: ApiClient, profile_ids: list[int]) -> None:

@@ -111,6 +111,7 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
                 "started_at",
                 "finished_at",
                 "error",
+                "item_timeout",
             },
         ),
         ("Profile", {"id", "name", "attributes", "created_at"}),
@@ -130,6 +131,13 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
 )
 def test_openapi_schemas_name_the_contract_fields(spec: dict[str, Any], schema: str, keys: set[str]) -> None:
     assert set(spec["components"]["schemas"][schema]["properties"]) == keys
+
+
+def test_openapi_describes_item_timeout_as_a_number_of_seconds_from_1_to_86400(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    assert schemas["BatchCreate"]["properties"]["item_timeout"] == {"type": "number", "minimum": 1, "maximum": 86400}
+    assert "item_timeout" not in schemas["BatchCreate"].get("required", [])
+    assert schemas["Batch"]["properties"]["item_timeout"]["type"] == "number"
 
 
 def test_openapi_batch_creation_documents_201_200_409_and_the_idempotency_key(

@@ -179,6 +179,18 @@ BAD_BATCHES = [
         "parameters",
         id="http_timeout_text",
     ),
+    # item_timeout: a JSON number of seconds, 1..86400
+    pytest.param({"item_timeout": 0}, "item_timeout", id="item_timeout_zero"),
+    pytest.param({"item_timeout": 0.5}, "item_timeout", id="item_timeout_under_a_second"),
+    pytest.param({"item_timeout": -60}, "item_timeout", id="item_timeout_negative"),
+    pytest.param({"item_timeout": 86400.5}, "item_timeout", id="item_timeout_over_a_day"),
+    pytest.param({"item_timeout": 10**30}, "item_timeout", id="item_timeout_huge"),
+    pytest.param({"item_timeout": float("inf")}, "item_timeout", id="item_timeout_infinity"),
+    pytest.param({"item_timeout": float("nan")}, "item_timeout", id="item_timeout_nan"),
+    pytest.param({"item_timeout": "60"}, "item_timeout", id="item_timeout_text"),
+    pytest.param({"item_timeout": True}, "item_timeout", id="item_timeout_bool"),
+    pytest.param({"item_timeout": None}, "item_timeout", id="item_timeout_null"),
+    pytest.param({"item_timeout": [60]}, "item_timeout", id="item_timeout_a_list"),
     # the body itself
     pytest.param({"extra": 1}, "extra", id="unknown_field"),
 ]
@@ -233,6 +245,15 @@ def test_create_batch_valid_parameters_at_the_bounds_are_accepted(
     assert batch["processor"] == processor
     for key, value in parameters.items():
         assert batch["parameters"][key] == value
+
+
+@pytest.mark.parametrize("item_timeout", [1, 1.5, 86400])
+def test_create_batch_item_timeout_at_the_bounds_is_accepted(
+    api: ApiClient, profile_ids: list[int], item_timeout: float
+) -> None:
+    response = api.post("/batches", {**VALID_BATCH, "item_timeout": item_timeout})
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["item_timeout"] == item_timeout
 
 
 def test_create_batch_10000_profile_ids_are_accepted(api: ApiClient, app: Flask, counts: Any) -> None:
