@@ -50,6 +50,7 @@ class FormState:
     name: str = ""
     processor: str = ""
     profile_ids: set[int] = field(default_factory=set)
+    item_timeout: str = ""  # as typed; empty for the processor's or the service's default
     values: dict[str, str] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
 
@@ -135,12 +136,7 @@ def _value(param: ParamField, raw: str, state: FormState) -> tuple[bool, Any]:
     if param.kind == "list":
         return True, [line.strip() for line in raw.replace(",", "\n").splitlines() if line.strip()]
     if param.kind in ("number", "integer"):
-        # The schemas take JSON numbers only; text that isn't one goes through as is, so the
-        # schema refuses it with its own message.
-        try:
-            return True, int(raw) if param.kind == "integer" else float(raw)
-        except ValueError:
-            return True, raw
+        return True, _number(raw, integer=param.kind == "integer")
     if param.kind == "json":
         try:
             return True, json.loads(raw)
@@ -148,6 +144,17 @@ def _value(param: ParamField, raw: str, state: FormState) -> tuple[bool, Any]:
             state.add_error(param.input_name, "Not valid JSON.")
             return False, None
     return True, raw
+
+
+def _number(raw: str, integer: bool = False) -> Any:
+    """The number typed, for a schema that takes JSON numbers only.
+
+    Text that isn't one goes through as is, so the schema refuses it with its own message.
+    """
+    try:
+        return int(raw) if integer else float(raw)
+    except ValueError:
+        return raw
 
 
 def read_form(form: MultiDict[str, str]) -> tuple[FormState, dict[str, Any] | None]:
@@ -167,6 +174,9 @@ def read_form(form: MultiDict[str, str]) -> tuple[FormState, dict[str, Any] | No
         if present:
             parameters[param.name] = value
     body = {"name": state.name, "profile_ids": profile_ids, "processor": state.processor, "parameters": parameters}
+    state.item_timeout = form.get("item_timeout", "")
+    if state.item_timeout.strip():
+        body["item_timeout"] = _number(state.item_timeout.strip())
     try:
         data = BatchCreate().load(body)
     except ValidationError as exc:
@@ -191,7 +201,7 @@ def apply_errors(state: FormState, messages: dict[str, Any]) -> None:
                         else param_messages
                     )
                 state.add_error(target, param_messages)
-        elif key in ("name", "profile_ids", "processor"):
+        elif key in ("name", "profile_ids", "processor", "item_timeout"):
             state.add_error(key, value)
         else:
             state.add_error("form", value)

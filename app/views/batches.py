@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from flask import (
     Blueprint,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -192,6 +193,7 @@ def _render_new(state: FormState, status: int = 200) -> ResponseReturnValue:
         "profiles": screens.profile_choices(),
         "processors": [(name, processors.get(name)) for name in names],
         "param_fields": all_parameter_fields(),
+        "item_timeout_default": current_app.config["ITEM_TIMEOUT_DEFAULT"],
         "form": FlaskForm(),
     }
     return render_template("batches/new.html", **context), status

@@ -96,6 +96,11 @@ def test_create_while_paused_says_queued_at_k(app: Flask, client: FlaskClient, m
         ),
         ({"name": "u", "processor": "nope", "profile_ids": ["P"]}, {"processor"}),
         ({"name": "m", "processor": "noop", "profile_ids": ["999999"]}, {"profile_ids"}),
+        ({"name": "t", "processor": "noop", "profile_ids": ["P"], "item_timeout": "0"}, {"item_timeout"}),
+        ({"name": "t", "processor": "noop", "profile_ids": ["P"], "item_timeout": "86401"}, {"item_timeout"}),
+        ({"name": "t", "processor": "noop", "profile_ids": ["P"], "item_timeout": "an hour"}, {"item_timeout"}),
+        ({"name": "t", "processor": "noop", "profile_ids": ["P"], "item_timeout": "nan"}, {"item_timeout"}),
+        ({"name": "", "processor": "noop", "profile_ids": ["P"], "item_timeout": "-1"}, {"name", "item_timeout"}),
     ],
 )
 def test_create_shows_errors_beside_fields_and_keeps_values(
@@ -112,9 +117,10 @@ def test_create_shows_errors_beside_fields_and_keeps_values(
     shown = {p["id"].removesuffix("-error") for p in soup.select(".field-error")}
     assert shown == errors
     for key in errors:
-        if key.startswith("field-") or key == "name":
+        if key.startswith("field-") or key in ("name", "item_timeout"):
             assert soup.select_one(f"#{key}")["aria-invalid"] == "true"
     assert soup.select_one("#name")["value"] == data["name"]
+    assert soup.select_one("#item_timeout")["value"] == data.get("item_timeout", "")
     if "param-sleep-seconds" in data:
         assert soup.select_one("#field-sleep-seconds")["value"] == data["param-sleep-seconds"]
     if data.get("profile_ids") == [str(profile_id)]:
@@ -122,6 +128,28 @@ def test_create_shows_errors_beside_fields_and_keeps_values(
     with app.app_context():
         assert db.session.query(Batch).count() == 0
         db.session.remove()
+
+
+def test_new_page_offers_an_optional_item_time_limit_naming_the_default(
+    app: Flask, client: FlaskClient, make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "ITEM_TIMEOUT_DEFAULT", 900.0)
+    soup = soup_of(client.get("/batches/new"))
+    field = soup.select_one("input#item_timeout")
+    assert field["name"] == "item_timeout" and field["value"] == "" and not field.has_attr("required")
+    assert soup.select_one('label[for="item_timeout"]').get_text() == "Item time limit (seconds)"
+    hint = soup.select_one("#item_timeout-hint").get_text()
+    assert "1 to 86400" in hint and "900 s" in hint
+
+
+@pytest.mark.parametrize(("typed", "stored"), [("90", 90.0), (" 1.5 ", 1.5), ("", 3600.0)])
+def test_create_stores_the_item_time_limit_typed_or_the_default(
+    app: Flask, client: FlaskClient, make: Factory, typed: str, stored: float
+) -> None:
+    ids = make.profiles(1)
+    data = {"name": "limited", "profile_ids": ids, "processor": "noop", "item_timeout": typed}
+    assert client.post("/batches", data=data).status_code == 302
+    assert only_batch(app).item_timeout == stored
 
 
 def test_create_refuses_a_missing_csrf_token(app: Flask, client: FlaskClient, make: Factory, csrf: None) -> None:
