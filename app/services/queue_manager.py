@@ -23,6 +23,7 @@ row, however long the queue.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -229,6 +230,47 @@ _END_RUN = text(
     """
 )
 
+# Ending a run whose processor ignored its item's time limit, in one statement on
+# the run's own autocommit connection (the run's watcher sends it; the stuck
+# processor holds the run's thread). Only while the batch carries the run's
+# token: it fails the item, logs it, and gives the batch a fresh token so the
+# next run takes over at the next item. run_attempts goes back down by the one
+# the ended run's claim added (the next claim adds it again): a deliberate
+# restart is not a lost run and must not bring the batch nearer to
+# BATCH_MAX_RUN_ATTEMPTS. The lease is given back whatever the outcome, once the
+# batch's row is locked: this run is over either way, and a lease left to an
+# abandoned thread would turn the next run of the batch into a "duplicate".
+_RESTART_STALLED_RUN = text(
+    """
+    WITH own AS (
+        SELECT id FROM batches
+        WHERE id = :id AND dispatch_token = :token AND status IN ('in_progress', 'stopping')
+        FOR UPDATE
+    ), item AS (
+        UPDATE batch_items SET status = 'failed', error = :item_error, finished_at = :now
+        WHERE id = :item_id AND batch_id IN (SELECT id FROM own) AND status = 'running'
+        RETURNING id
+    ), restarted AS (
+        UPDATE batches b SET dispatch_token = :new_token, heartbeat_at = :now,
+            failed_items = b.failed_items + (SELECT count(*) FROM item),
+            run_attempts = greatest(b.run_attempts - 1, 0)
+        FROM own
+        WHERE b.id = own.id
+        RETURNING b.id
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT own.id, :now, line.level, line.message
+        FROM own,
+            ROWS FROM (jsonb_to_recordset(CAST(:lines AS jsonb)) AS (level text, message text))
+            WITH ORDINALITY AS line(level, message, place)
+        ORDER BY line.place
+    ), released AS (
+        SELECT pg_advisory_unlock(:lease_class, :id) FROM (SELECT count(*) FROM own) AS own_first
+    )
+    SELECT (SELECT count(*) FROM restarted) AS restarted, (SELECT count(*) FROM released) AS released
+    """
+)
+
 # What _END_RUN writes for a run that ends without a last item to record.
 _NO_LAST_ITEM = {
     "item_id": None,
@@ -384,6 +426,37 @@ class QueueManager:
         if status is not None:
             events.publish("finished", batch_id)
         return status
+
+    def restart_stalled_run(
+        self, connection: Connection, batch_id: int, token: str, item_id: int, error: str, lines: list[dict[str, str]]
+    ) -> str | None:
+        """End a run whose processor ignored its item's time limit: fail the item and send the batch's run again.
+
+        One statement on the run's own autocommit connection (_RESTART_STALLED_RUN),
+        which also gives back the run's lease; then, committed, the live hint
+        and the new run, under the batch's new token. Fenced by the old token: a
+        run that no longer owns the batch changes nothing (None). Otherwise it
+        returns the new token; the old run's writes are fenced off from then on.
+        """
+        new_token = uuid.uuid4().hex
+        parameters = {
+            "id": batch_id,
+            "token": token,
+            "new_token": new_token,
+            "item_id": item_id,
+            "item_error": error,
+            "lines": json.dumps(lines),
+            "now": utcnow(),
+            "lease_class": leases.LEASE_CLASS,
+        }
+        if not connection.execute(_RESTART_STALLED_RUN, parameters).scalar():
+            return None
+        events.publish("item", batch_id)
+        try:
+            dispatch.send_run(batch_id, new_token)
+        except Exception:  # committed: a lost dispatch is the reconciler's to repair
+            log.exception("batch %s: could not send its run again; the reconciler will", batch_id)
+        return new_token
 
     def stop(self, batch_id: int, actor: str) -> Batch:
         """Ask the running batch to stop and pause the queue until Start."""

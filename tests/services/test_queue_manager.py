@@ -10,7 +10,7 @@ from flask import Flask
 
 from app.extensions import db
 from app.models import Batch
-from app.services import dispatch
+from app.services import dispatch, leases
 from app.services import queue_manager as queue_manager_module
 from app.services.queue_manager import NewBatch, queue_manager
 from tests.conftest import insert_profiles, queue_violations, run_in_threads
@@ -270,3 +270,55 @@ def test_a_run_ending_with_an_error_fails_its_batch_with_that_error(app_ctx: Fla
     assert (batch.status, batch.error) == ("failed", "run crashed: KeyError: 'x'")
     assert items == ["pending", "pending"]
     assert logs[-1] == "finished: failed (run crashed: KeyError: 'x')"
+
+
+def _restart_as_the_watcher(batch_id: int, token: str, item_id: int) -> tuple[str | None, bool]:
+    """restart_stalled_run on a run's own connection, holding its lease; the new token and whether the lease is held."""
+    with db.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        assert leases.try_acquire(autocommit, batch_id)
+        lines = [{"level": "info", "message": "p-1: working"}, {"level": "error", "message": "item 1/2 timed out"}]
+        new_token = queue_manager.restart_stalled_run(
+            autocommit, batch_id, token, item_id, "timed out after 5 s (the processor ignored the limit)", lines
+        )
+        return new_token, leases.is_held(batch_id)
+
+
+def test_a_stalled_run_restart_fails_its_item_and_sends_the_batch_again_under_a_new_token_without_counting_a_loss(
+    app_ctx: Flask, sent: list[Any]
+) -> None:
+    batch_id, token = _running_with_items_started(app_ctx, 2)
+    db.session.execute(db.text("UPDATE batches SET run_attempts = 1 WHERE id = :id"), {"id": batch_id})
+    db.session.commit()
+    item_id = db.session.scalar(
+        db.text("SELECT id FROM batch_items WHERE batch_id = :id AND position = 0"), {"id": batch_id}
+    )
+    sent.clear()
+
+    assert _restart_as_the_watcher(batch_id, "another run's token", item_id) == (None, False)  # fenced
+    batch, items, _ = _ended(batch_id)
+    assert (batch.dispatch_token, batch.failed_items, batch.run_attempts, items) == (
+        token,
+        0,
+        1,
+        ["running", "pending"],
+    )
+    assert sent == []
+
+    new_token, lease_held = _restart_as_the_watcher(batch_id, token, item_id)
+    assert new_token is not None and new_token != token and not lease_held
+    batch, items, logs = _ended(batch_id)
+    assert (batch.status, batch.dispatch_token, batch.failed_items, batch.run_attempts) == (
+        "in_progress",
+        new_token,
+        1,
+        0,  # the next run's claim adds it back: a deliberate restart is not a lost run
+    )
+    assert items == ["failed", "pending"]
+    error = db.session.scalar(db.text("SELECT error FROM batch_items WHERE id = :id"), {"id": item_id})
+    assert error == "timed out after 5 s (the processor ignored the limit)"
+    assert logs[-2:] == ["p-1: working", "item 1/2 timed out"]
+    assert sent == [(batch_id, new_token)]
+    assert _restart_as_the_watcher(batch_id, token, item_id) == (None, False)  # the old token is fenced off now
+    assert _ended(batch_id)[0].failed_items == 1
+    assert queue_violations() == []
