@@ -7,9 +7,12 @@ from app.services.runs import run_batch
 
 
 # acks_late (from celeryconfig): a vanished worker's message is delivered again,
-# and the lease turns a duplicate into a no-op. No time limit: a batch may
-# legitimately take hours, and a hard limit would kill it mid-item; stopping is
-# the operator's tool. No retries: the reconciler re-dispatches a lost run.
+# and the lease turns a duplicate into a no-op. No Celery time limit: a batch may
+# legitimately take hours, and a task-wide limit would kill it mid-item. Each
+# item has its own limit instead (the batch's item_timeout, enforced by the
+# run's watcher in app/services/runs.py: the item fails and the batch goes on),
+# and stopping is the operator's tool. No retries: the reconciler re-dispatches
+# a lost run.
 @shared_task(name="batches.run", bind=True, max_retries=0)
 def run(self, batch_id: int, token: str) -> str:  # type: ignore[no-untyped-def]
     """Run a batch's pending items if this dispatch still owns it."""

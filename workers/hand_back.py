@@ -22,10 +22,11 @@ from functools import partial
 from types import FrameType
 from typing import Any
 
-from billiard.process import active_children
+from billiard.process import active_children, current_process
 from celery import Task
 from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 
+from app.services import runs
 from app.services.dispatch import RUN_BATCH_TASK
 from app.services.runs import shutdown_requested
 
@@ -37,6 +38,10 @@ _previous_handler: Any = None
 def remember_pool_child(**_: object) -> None:
     global _in_pool_child
     _in_pool_child = True
+    # A run whose processor ignores its time limit may end its own process only
+    # in a prefork child, which the pool replaces. The solo pool sends this
+    # signal too, in the worker's own (main) process, which must live on.
+    runs.may_end_own_process = current_process().name != "MainProcess"
 
 
 def _installable(sender: Task | None) -> bool:

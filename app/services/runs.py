@@ -6,18 +6,28 @@ dispatch token fences it: every write checks that the batch still carries the
 token this run was dispatched with, so a run presumed lost and replaced can't
 overwrite the newer one. The batch's final status is committed here, before
 the task returns, because Celery's signals are not a delivery guarantee.
+
+Every item has a time limit (its batch's item_timeout), which the run's watcher
+enforces: past it the item's context reports a stop, and whatever the processor
+then does the item fails as timed out and the run goes on. A processor that
+ignores that too is not waited for: the watcher fails the item and sends the
+batch's run again under a new token (queue_manager.restart_stalled_run), then
+ends its own pool process, the way a hard stop ends a run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from flask import Flask, current_app
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
@@ -33,6 +43,17 @@ log = logging.getLogger(__name__)
 
 # How often the watcher looks for a stop: the built-in processors notice it within this.
 STOP_POLL_SECONDS = 0.2
+
+# How long past its item's time limit a processor gets to let go before the
+# watcher ends the run without it: a processor that looks at its context as
+# RunContext asks (every second) lets go well within this.
+TIMEOUT_GRACE_SECONDS = 3.0
+
+# True in a prefork pool process (set by workers/hand_back.py), whose run may
+# end the process when its processor ignores its time limit: the process is
+# the pool's to replace. In any other pool (threads, solo) the process is the
+# worker itself, so the stuck thread is abandoned instead.
+may_end_own_process = False
 
 # Set in a pool process whose worker is shutting down (SIGTERM, see
 # workers/hand_back.py): the run lets its current item finish, then hands the
@@ -55,16 +76,23 @@ class PendingItem:
 
 
 class Watcher(threading.Thread):
-    """Beside the run: notices a stop quickly and keeps the heartbeat fresh."""
+    """Beside the run: notices a stop quickly, keeps the heartbeat fresh and holds each item to its time limit."""
 
-    def __init__(self, connection: Connection, batch_id: int, token: str, heartbeat_every: float) -> None:
+    def __init__(self, app: Flask, connection: Connection, batch_id: int, token: str, heartbeat_every: float) -> None:
         super().__init__(name=f"batch-{batch_id}-watcher", daemon=True)
+        self.app = app  # for ending a stalled run, which publishes and dispatches
         self.connection = connection
         self.batch_id = batch_id
         self.token = token
         self.heartbeat_every = heartbeat_every
         self.stop_seen = threading.Event()
+        # Set once the watcher ended the run itself (its processor ignored a time
+        # limit): the batch went on under a new token, and the run's lease with it.
+        self.ended_run = False
         self._finished = threading.Event()
+        self._item: ItemContext | None = None
+        # Orders the item's end (end_item) against the watcher's decisions about it.
+        self._item_lock = threading.Lock()
 
     def run(self) -> None:
         # The claim has just stamped the heartbeat and seen the batch in
@@ -84,9 +112,78 @@ class Watcher(threading.Thread):
                     text("SELECT status, dispatch_token FROM batches WHERE id = :id"), {"id": self.batch_id}
                 ).one_or_none()
                 if row is None or row.status != BatchStatus.IN_PROGRESS or row.dispatch_token != self.token:
-                    self.stop_seen.set()
+                    self._see_stop()
             except Exception:  # a blip must not kill the watcher; the next round retries
                 log.warning("watcher of batch %s could not reach the database", self.batch_id, exc_info=True)
+            if self._enforce_time_limit():
+                return  # the batch belongs to the next run now
+
+    def _see_stop(self) -> None:
+        with self._item_lock:
+            self.stop_seen.set()
+            if self._item is not None:
+                self._item.interrupted.set()
+
+    def begin_item(self, ctx: ItemContext) -> None:
+        """Hold this item to its time limit (and pass it a stop already seen)."""
+        with self._item_lock:
+            self._item = ctx
+            if self.stop_seen.is_set():
+                ctx.interrupted.set()
+
+    def end_item(self) -> None:
+        """The processor let go of the item; from now on the watcher leaves its outcome alone."""
+        with self._item_lock:
+            self._item = None
+
+    def _enforce_time_limit(self) -> bool:
+        """Time the item in hand out at its deadline, and end the run if its processor ignores that.
+
+        True when the run was ended. A stop seen before the deadline keeps its
+        meaning (the item goes back to pending), so it is not timed out then.
+        """
+        with self._item_lock:
+            ctx = self._item
+            if ctx is None:
+                return False
+            now = time.monotonic()
+            if not ctx.timed_out:
+                if now >= ctx.deadline and not self.stop_seen.is_set():
+                    ctx.time_out()
+                    log.warning(
+                        "batch %s: item %s passed its time limit of %g s", self.batch_id, ctx.pending.id, ctx.limit
+                    )
+                return False
+            if now < ctx.deadline + TIMEOUT_GRACE_SECONDS:
+                return False
+            return self._end_stalled_run(ctx)
+
+    def _end_stalled_run(self, ctx: ItemContext) -> bool:
+        """Fail the item and send the batch's run again; then end this process, or abandon this thread.
+
+        Called with the item lock held, so the processor's own outcome, should it
+        return meanwhile, is written after this and fenced off. True when done.
+        """
+        how = "its process was ended" if may_end_own_process else "its thread was abandoned"
+        error = f"{timed_out_error(ctx.limit)} (the processor ignored the limit; {how})"
+        lines = item_lines(ctx, ItemStatus.FAILED, f"failed: {error}")
+        batch_id, item_id = self.batch_id, ctx.pending.id
+        try:
+            with self.app.app_context():
+                queue_manager.restart_stalled_run(self.connection, batch_id, self.token, item_id, error, lines)
+        except Exception:  # the database is out of reach: the next round tries again
+            log.warning("batch %s: could not end its stalled run", self.batch_id, exc_info=True)
+            return False
+        self.ended_run = True
+        self.stop_seen.set()
+        if may_end_own_process:
+            log.error("batch %s: the processor ignored its time limit; ending its pool process", self.batch_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+        log.error(
+            "batch %s: the processor ignored its time limit; its thread is abandoned (its writes are fenced off)",
+            self.batch_id,
+        )
+        return True
 
     def finish(self) -> None:
         self._finished.set()
@@ -94,22 +191,38 @@ class Watcher(threading.Thread):
 
 
 class ItemContext:
-    """The RunContext a processor gets."""
+    """The RunContext a processor gets, and the item in hand with its time limit, which the watcher enforces."""
 
-    def __init__(self, item: ItemKey, watcher: Watcher) -> None:
+    def __init__(self, item: ItemKey, pending: PendingItem, total: int, limit: float, started: float) -> None:
         self.batch_id = item.batch_id
         self.item = item
-        self._watcher = watcher
+        self.pending = pending
+        self.total = total
+        self.limit = limit
+        self.deadline = started + limit  # on time.monotonic()'s clock, from the item's start
+        # A stop or the deadline: the processor should let go of the item now.
+        self.interrupted = threading.Event()
+        self.timed_out = False
         self.lines: list[tuple[str, str]] = []
 
     def stop_requested(self) -> bool:
-        return self._watcher.stop_seen.is_set()
+        return self.interrupted.is_set()
 
     def wait(self, seconds: float) -> bool:
-        return self._watcher.stop_seen.wait(seconds)
+        return self.interrupted.wait(seconds)
 
     def log(self, message: str, level: str = "info") -> None:
         self.lines.append((level, message))
+
+    def time_out(self) -> None:
+        """The deadline passed: the item fails, and its processor is asked to let go."""
+        self.timed_out = True
+        self.interrupted.set()
+
+
+def timed_out_error(limit: float) -> str:
+    """The error of an item that ran past its time limit."""
+    return f"timed out after {limit:g} s"
 
 
 def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str:
@@ -174,7 +287,8 @@ def _run_leased(lease: Lease, claimed: Claimed | None, token: str, heartbeat_tim
     batch_id = lease.batch_id
     if claimed is None:
         return _end_if_stopped_before_claim(lease, token)
-    watcher = Watcher(lease.connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    watcher = Watcher(app, lease.connection, batch_id, token, heartbeat_every=max(1.0, heartbeat_timeout / 6))
     ended = ItemsEnd()
     try:
         watcher.start()
@@ -190,6 +304,8 @@ def _run_leased(lease: Lease, claimed: Claimed | None, token: str, heartbeat_tim
         ended = ItemsEnd(error=f"run crashed: {type(exc).__name__}: {exc}")
     finally:
         watcher.finish()
+        if watcher.ended_run:  # the watcher's restart gave the lease back
+            lease.held = False
     if ended.handed_back:
         _log_if_owned(batch_id, token, "worker shutting down: run handed back between items, to resume elsewhere")
         return HANDED_BACK
@@ -238,6 +354,8 @@ class Claimed:
     total: int
     items: list[PendingItem]
     first_started: bool
+    item_timeout: float  # seconds each item may run
+    claimed_at: float  # time.monotonic() when the claim started the first item
 
 
 # Taking over the batch, in one statement on the lease's own (autocommit)
@@ -255,7 +373,7 @@ _LEASE_AND_CLAIM = text(
     ), own AS (
         UPDATE batches SET run_attempts = run_attempts + 1, heartbeat_at = :now
         WHERE id = :id AND dispatch_token = :token AND status = 'in_progress' AND (SELECT taken FROM lease)
-        RETURNING id, processor, parameters, total_items, run_attempts
+        RETURNING id, processor, parameters, total_items, run_attempts, item_timeout
     ), logged AS (
         INSERT INTO batch_logs (batch_id, at, level, message)
         SELECT id, :now, 'info', 'run began on ' || :host
@@ -270,7 +388,7 @@ _LEASE_AND_CLAIM = text(
         WHERE id = (SELECT id FROM pending ORDER BY position LIMIT 1)
         RETURNING id
     )
-    SELECT lease.taken, own.id IS NOT NULL AS claimed, own.processor, own.parameters, own.total_items,
+    SELECT lease.taken, own.id IS NOT NULL AS claimed, own.processor, own.parameters, own.total_items, own.item_timeout,
         (SELECT json_agg(json_build_array(id, position, profile_id, name, attributes, attempts) ORDER BY position)
          FROM pending) AS items,
         EXISTS (SELECT 1 FROM first_started) AS first_started
@@ -326,6 +444,7 @@ def _lease_and_claim(lease_connection: Connection, batch_id: int, token: str) ->
         "now": utcnow(),
         "host": socket.gethostname(),
     }
+    claimed_at = time.monotonic()  # the first item's start, for its time limit
     row = lease_connection.execute(_LEASE_AND_CLAIM, parameters).one()
     if not row.taken or not row.claimed:
         return bool(row.taken), None
@@ -333,7 +452,16 @@ def _lease_and_claim(lease_connection: Connection, batch_id: int, token: str) ->
         PendingItem(item_id, position, ProfileData(profile_id, name, attributes or {}), attempts)
         for item_id, position, profile_id, name, attributes, attempts in row.items or []
     ]
-    return True, Claimed(batch_id, row.processor, dict(row.parameters), row.total_items, items, row.first_started)
+    return True, Claimed(
+        batch_id,
+        row.processor,
+        dict(row.parameters),
+        row.total_items,
+        items,
+        row.first_started,
+        item_timeout=row.item_timeout,
+        claimed_at=claimed_at,
+    )
 
 
 @dataclass
@@ -358,17 +486,19 @@ def _run_items(claimed: Claimed, token: str, watcher: Watcher) -> ItemsEnd:
         return ItemsEnd(error=f"processor {claimed.processor!r} is not registered on this worker")
     batch_id, items = claimed.batch_id, claimed.items
     for index, item in enumerate(items):
-        attempt = item.attempts + 1  # the claim started the first item
+        attempt, started_at = item.attempts + 1, claimed.claimed_at  # the claim started the first item
         if index > 0 or not claimed.first_started:
             if shutdown_requested.is_set():
                 return ItemsEnd(handed_back=True)
+            started_at = time.monotonic()
             started = None if watcher.stop_seen.is_set() else _start_item(batch_id, token, item.id)
             if started is None:
                 break
             attempt = started
-        ctx = ItemContext(ItemKey(batch_id, item.profile.id, attempt), watcher)
-        outcome = _process(processor, item, claimed.parameters, ctx)
-        record = ItemRecord.of(batch_id, token, item, outcome, ctx, claimed.total)
+        key = ItemKey(batch_id, item.profile.id, attempt)
+        ctx = ItemContext(key, item, claimed.total, claimed.item_timeout, started_at)
+        outcome = _process_in_time(processor, claimed.parameters, ctx, watcher)
+        record = ItemRecord.of(batch_id, token, outcome, ctx)
         if index == len(items) - 1 and outcome.status is not ItemStatus.PENDING:
             return ItemsEnd(last_item=record)
         if not record.write():
@@ -386,6 +516,20 @@ class Outcome:
     status: ItemStatus
     result: Any = None
     error: str | None = None
+
+
+def _process_in_time(
+    processor: processors.Processor, parameters: dict[str, Any], ctx: ItemContext, watcher: Watcher
+) -> Outcome:
+    """Run the processor on the item under its time limit: past it the item failed, whatever the processor did."""
+    watcher.begin_item(ctx)
+    try:
+        outcome = _process(processor, ctx.pending, parameters, ctx)
+    finally:
+        watcher.end_item()
+    if ctx.timed_out:
+        return Outcome(ItemStatus.FAILED, error=timed_out_error(ctx.limit))
+    return outcome
 
 
 def _process(
@@ -413,6 +557,19 @@ def _start_item(batch_id: int, token: str, item_id: int) -> int | None:
     return attempt
 
 
+def item_lines(ctx: ItemContext, status: ItemStatus, message: str) -> list[dict[str, str]]:
+    """The log lines of an item's end: what its processor logged, then how it ended."""
+    name = ctx.pending.profile.name
+    lines = [{"level": level, "message": f"{name}: {line}"} for level, line in ctx.lines]
+    lines.append(
+        {
+            "level": "error" if status is ItemStatus.FAILED else "info",
+            "message": f"item {ctx.pending.position + 1}/{ctx.total} ({name}) {message}",
+        }
+    )
+    return lines
+
+
 @dataclass
 class ItemRecord:
     """An item's outcome, stamped when the processor finished, ready to be written."""
@@ -422,9 +579,7 @@ class ItemRecord:
     parameters: dict[str, Any]  # the item_* parameters, counters and lines of _FINISH_ITEM and of the run's end
 
     @classmethod
-    def of(
-        cls, batch_id: int, token: str, item: PendingItem, outcome: Outcome, ctx: ItemContext, total: int
-    ) -> ItemRecord:
+    def of(cls, batch_id: int, token: str, outcome: Outcome, ctx: ItemContext) -> ItemRecord:
         now, interrupted = utcnow(), outcome.status is ItemStatus.PENDING
         if interrupted:
             message = "interrupted by the stop; left pending"
@@ -432,18 +587,12 @@ class ItemRecord:
             message = "succeeded"
         else:
             message = f"failed: {outcome.error}"
-        lines = [{"level": level, "message": f"{item.profile.name}: {line}"} for level, line in ctx.lines]
-        lines.append(
-            {
-                "level": "error" if outcome.status is ItemStatus.FAILED else "info",
-                "message": f"item {item.position + 1}/{total} ({item.profile.name}) {message}",
-            }
-        )
+        lines = item_lines(ctx, outcome.status, message)
         return cls(
             batch_id,
             token,
             {
-                "item_id": item.id,
+                "item_id": ctx.pending.id,
                 "item_status": outcome.status.value,
                 "item_result": json.dumps(outcome.result) if outcome.result is not None else None,
                 "item_error": outcome.error,

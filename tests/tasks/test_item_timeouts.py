@@ -1,0 +1,190 @@
+"""Item time limits with a real worker (threads pool): a timed-out item fails and the batch goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from marshmallow import Schema, fields
+
+from app.extensions import db
+from app.processors import StopRequested, registry
+from app.processors.base import ProfileData, RunContext
+from app.services import runs
+from tests.conftest import ApiClient, assert_queue_consistent, wait_for
+
+pytestmark = pytest.mark.usefixtures("settled")
+
+
+def _create(api: ApiClient, profile_ids: list[int], processor: str, item_timeout: float, **parameters: Any) -> int:
+    body = {"name": processor, "profile_ids": profile_ids, "processor": processor, "parameters": parameters}
+    response = api.post("/batches", {**body, "item_timeout": item_timeout})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
+    return api.get(f"/batches/{batch_id}").get_json()
+
+
+def _items(api: ApiClient, batch_id: int) -> list[dict[str, Any]]:
+    return api.get(f"/batches/{batch_id}/items?per_page=500").get_json()["items"]
+
+
+def _logs(api: ApiClient, batch_id: int) -> list[str]:
+    return [line["message"] for line in api.get(f"/batches/{batch_id}/logs?per_page=500").get_json()["items"]]
+
+
+def _seconds(item: dict[str, Any]) -> float:
+    return (datetime.fromisoformat(item["finished_at"]) - datetime.fromisoformat(item["started_at"])).total_seconds()
+
+
+def _run_attempts(app: Flask, batch_id: int) -> int:
+    with app.app_context():
+        attempts = db.session.scalar(db.text("SELECT run_attempts FROM batches WHERE id = :id"), {"id": batch_id})
+        db.session.remove()
+    return attempts
+
+
+def test_items_past_their_time_limit_fail_as_timed_out_and_the_queue_goes_on(
+    api: ApiClient, app: Flask, celery_worker: Any
+) -> None:
+    profile_ids = api.profiles(2)
+    began = time.monotonic()
+    slow = _create(api, profile_ids, "sleep", item_timeout=1, seconds=30)
+    behind = api.batch(profile_ids[:1], "noop", name="behind")["id"]
+
+    wait_for(lambda: _batch(api, behind)["status"] == "done", timeout=15)
+    assert time.monotonic() - began < 8  # two items of one second, not of thirty
+    ended = _batch(api, slow)
+    assert (ended["status"], ended["error"], ended["item_timeout"]) == ("failed", "2 of 2 items failed", 1.0)
+    items = _items(api, slow)
+    assert [(i["status"], i["error"], i["attempts"]) for i in items] == [("failed", "timed out after 1 s", 1)] * 2
+    assert all(0.95 <= _seconds(item) < 3 for item in items), [_seconds(item) for item in items]  # the first too
+    logs = _logs(api, slow)
+    assert "item 1/2 (p-0) failed: timed out after 1 s" in logs
+    assert "item 2/2 (p-1) failed: timed out after 1 s" in logs
+    assert logs[-1] == "finished: failed (2 of 2 items failed)"
+    assert ended["finished_at"] <= _batch(api, behind)["started_at"]
+    assert_queue_consistent(app)
+
+
+class _SlowToLetGo:
+    """Notices a stop at once, then takes 1.5 s to let go (past a one-second limit)."""
+
+    name = "slow_to_let_go"
+    description = "Waits; on a stop, cleans up for 1.5 s, then lets go."
+    schema = Schema
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if ctx.wait(30):
+            time.sleep(1.5)
+            raise StopRequested()
+        return None
+
+
+def test_a_stop_before_the_time_limit_leaves_the_item_pending_even_if_it_lets_go_after_the_limit(
+    api: ApiClient, app: Flask, celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry._processors, _SlowToLetGo.name, _SlowToLetGo())
+    profile_ids = api.profiles(2)
+    batch = _create(api, profile_ids, _SlowToLetGo.name, item_timeout=1)
+    wait_for(lambda: _items(api, batch)[0]["status"] == "running", timeout=5)
+    assert api.post(f"/batches/{batch}/stop").get_json()["status"] == "stopping"
+
+    wait_for(lambda: _batch(api, batch)["status"] == "stopped", timeout=5)
+    items = _items(api, batch)
+    assert [(i["status"], i["error"], i["attempts"]) for i in items] == [("pending", None, 1), ("pending", None, 0)]
+    assert "item 1/2 (p-0) interrupted by the stop; left pending" in _logs(api, batch)
+    assert _batch(api, batch)["progress"]["failed"] == 0
+    assert_queue_consistent(app)
+
+
+class _Hang:
+    """Blocks on `released` for the named profiles, ignoring stops and its time limit."""
+
+    name = "hang"
+    description = "Blocks until the test lets it go, for the profiles in hang_profiles."
+
+    class schema(Schema):  # noqa: N801  (the Processor protocol names it `schema`)
+        hang_profiles = fields.List(fields.String(), load_default=list)
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if profile.name in parameters["hang_profiles"]:
+            self.released.wait(60)
+        return {"profile": profile.name}
+
+
+@pytest.fixture
+def hang(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Hang]:
+    """Register the hang processor for this test; whatever it still blocks is let go at the end."""
+    processor = _Hang()
+    monkeypatch.setitem(registry._processors, _Hang.name, processor)
+    yield processor
+    processor.released.set()
+
+
+class _Runs:
+    """The batches.run calls of the in-process worker: tokens in the order they began, outcomes once they end."""
+
+    def __init__(self) -> None:
+        self.began: list[str] = []
+        self.ended: dict[str, str] = {}
+
+    def run_batch(self, batch_id: int, token: str, **kwargs: Any) -> str:
+        self.began.append(token)
+        outcome = runs.run_batch(batch_id, token, **kwargs)
+        self.ended[token] = outcome
+        return outcome
+
+
+@pytest.fixture
+def recorded_runs(monkeypatch: pytest.MonkeyPatch) -> _Runs:
+    import tasks.batches
+
+    recorded = _Runs()
+    monkeypatch.setattr(tasks.batches, "run_batch", recorded.run_batch)
+    return recorded
+
+
+def test_a_processor_that_ignores_its_time_limit_is_abandoned_and_the_batch_goes_on_in_a_new_run(
+    api: ApiClient,
+    app: Flask,
+    celery_worker: Any,
+    hang: _Hang,
+    recorded_runs: _Runs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runs, "TIMEOUT_GRACE_SECONDS", 0.5)
+    profile_ids = api.profiles(3)
+    stuck = _create(api, profile_ids, _Hang.name, item_timeout=1, hang_profiles=["p-1"])
+    behind = api.batch(profile_ids[:1], "noop", name="behind")["id"]
+
+    wait_for(lambda: _batch(api, behind)["status"] == "done", timeout=15)
+    ended = _batch(api, stuck)
+    assert (ended["status"], ended["error"]) == ("failed", "1 of 3 items failed")
+    items = _items(api, stuck)
+    assert [(i["status"], i["attempts"]) for i in items] == [("succeeded", 1), ("failed", 1), ("succeeded", 1)]
+    assert items[1]["error"] == "timed out after 1 s (the processor ignored the limit; its thread was abandoned)"
+    logs = _logs(api, stuck)
+    assert f"item 2/3 (p-1) failed: {items[1]['error']}" in logs
+    # A deliberate restart, not a lost run: the second run's claim counts as the first attempt again.
+    assert sum(line.startswith("run began") for line in logs) == 2 and not any("(attempt" in line for line in logs)
+    assert _run_attempts(app, stuck) == 1
+    first, second, after = recorded_runs.began
+    assert recorded_runs.ended == {second: "failed", after: "done"}  # the first run's thread is still blocked
+
+    # Let the abandoned processor return: its run is fenced off and writes nothing.
+    hang.released.set()
+    wait_for(lambda: first in recorded_runs.ended, timeout=5)
+    assert recorded_runs.ended[first] == "fenced"
+    assert _items(api, stuck) == items and _logs(api, stuck) == logs and _batch(api, stuck) == ended
+    assert_queue_consistent(app)
