@@ -87,11 +87,16 @@ def heartbeat_older_than(app: Flask, batch_id: int, seconds: float) -> bool:
         return bool(old)
 
 
-def enqueue(app: Flask, profile_ids: list[int], processor: str, **parameters: Any) -> int:
+def enqueue(app: Flask, profile_ids: list[int], processor: str, item_timeout: float = 3600.0, **parameters: Any) -> int:
     with app.app_context():
         batch, _ = queue_manager.enqueue(
             NewBatch(
-                name=processor, processor=processor, parameters=parameters, profile_ids=profile_ids, created_by="test"
+                name=processor,
+                processor=processor,
+                parameters=parameters,
+                profile_ids=profile_ids,
+                item_timeout=item_timeout,
+                created_by="test",
             )
         )
         return batch.id

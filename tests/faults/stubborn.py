@@ -1,7 +1,8 @@
-"""A processor that never looks at the stop, for the hard-stop fallback (PROCESSOR_MODULES=tests.faults.stubborn)."""
+"""Processors that never look at the stop, for the hard-stop fallbacks (PROCESSOR_MODULES=tests.faults.stubborn)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -25,4 +26,20 @@ class Stubborn:
         return {"slept": parameters["seconds"]}
 
 
+class HangParameters(Schema):
+    hang_profiles = fields.List(fields.String(), load_default=list)
+
+
+class Hang:
+    name = "hang"
+    description = "Blocks for good on the profiles in `hang_profiles`, ignoring stops and time limits."
+    schema = HangParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if profile.name in parameters["hang_profiles"]:
+            threading.Event().wait()  # nobody sets it
+        return {"profile": profile.name}
+
+
 register(Stubborn())
+register(Hang())

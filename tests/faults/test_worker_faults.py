@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -130,4 +132,51 @@ def test_pool_child_killed_mid_batch_is_dispatched_again_at_once_without_waiting
     assert [(item.id, item.finished_at) for item in items if item.status == "succeeded"][: len(finished)] == finished
     assert "run lost (its run task failed); dispatching it again" in log_lines(app, batch_id)
     assert prefork_worker.process is not None and prefork_worker.process.poll() is None  # the worker lives on
+    assert violations(app) == []
+
+
+def _process_ended(pid: int) -> bool:
+    """Whether the process is gone or dead and waiting to be reaped by its parent (a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_processor_that_ignores_its_time_limit_has_its_pool_process_ended_and_the_batch_goes_on(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    prefork_worker.env["BATCH_HEARTBEAT_TIMEOUT"] = "600"  # the restart must not come from the heartbeat
+    prefork_worker.start()
+    profile_ids = api.profiles(3)
+    batch_id = enqueue(app, profile_ids, "hang", item_timeout=1, hang_profiles=["p-1"])
+    behind = enqueue(app, profile_ids[:1], "noop")
+    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
+    first_token = batch_row(app, batch_id).dispatch_token
+    child = prefork_worker.pool_child_running(first_token)
+
+    # One second of limit and three of grace, then the watcher restarts the run and ends its process.
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=20)
+    row = batch_row(app, batch_id)
+    assert (row.status, row.error, row.failed_items, row.succeeded_items) == ("failed", "1 of 3 items failed", 1, 2)
+    # A deliberate restart, not a lost run: the second run's claim counts as the first attempt again.
+    assert row.run_attempts == 1 and row.dispatch_token != first_token
+    items = item_rows(app, batch_id)
+    assert [(item.status, item.attempts) for item in items] == [("succeeded", 1), ("failed", 1), ("succeeded", 1)]
+    assert items[1].error == "timed out after 1 s (the processor ignored the limit; its process was ended)"
+    assert 4 <= (items[1].finished_at - items[1].started_at).total_seconds() < 8
+    wait_for(lambda: _process_ended(child), timeout=5)
+    assert prefork_worker.process is not None and prefork_worker.process.poll() is None  # the worker lives on
+    assert "ending its pool process" in prefork_worker.log()
+    logs = log_lines(app, batch_id)
+    assert f"item 2/3 (p-1) failed: {items[1].error}" in logs
+    assert sum(line.startswith("run began") for line in logs) == 2 and not any("(attempt" in line for line in logs)
+
+    # Celery reports the child lost, and its task_failure sends queue.recover_run with the old token,
+    # which finds a newer one and leaves the batch alone.
+    wait_for(lambda: re.search(r"Task queue\.recover_run\[\S+\] succeeded", prefork_worker.log()), timeout=20)
+    assert "WorkerLostError" in prefork_worker.log()
+    assert batch_row(app, batch_id) == row and log_lines(app, batch_id) == logs
+    assert not any(line.startswith("run lost") for line in logs)
     assert violations(app) == []
