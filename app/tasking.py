@@ -25,11 +25,9 @@ def celery_init_app(app: Flask) -> Celery:
         broker_transport=transport_for(app.config["CELERY_BROKER_URL"]),
         result_backend=app.config["REDIS_URL"],
     )
-    interval = app.config["RECONCILE_INTERVAL"]
-    # A reconcile that waited longer than its period is superseded by the next one.
-    celery_app.conf.beat_schedule = {
-        "reconcile-queue": {"task": "queue.reconcile", "schedule": interval, "options": {"expires": interval}},
-    }
+    # Nothing is scheduled as a task: the repair rounds run on timers inside every
+    # worker and beat (workers/liveness.py), out of Flower's task list.
+    celery_app.conf.beat_schedule = {}
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

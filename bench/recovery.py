@@ -20,8 +20,8 @@ The worker's and beat's logs are kept in a temporary directory named at the end.
       the run's heartbeat, as a real crash would), SIGKILLs the worker's whole
       process group (os.killpg: main process and pool children at once; T_death
       is taken right after the call) and at once starts a new worker, as a
-      supervisor restarting the service would. Nothing tells the queue: the
-      reconciler (beat's queue.reconcile) re-dispatches A once no process holds
+      supervisor restarting the service would. Nothing tells the queue: a
+      repair round (the timer in beat and in every worker) re-dispatches A once no process holds
       its lease and its heartbeat is older than BATCH_HEARTBEAT_TIMEOUT. Measured
       from T_death: the new worker ready (the "ready." line of its log), the
       "run lost ..." line, A's "run began ..." line after T_death (the run resumed),

@@ -3,6 +3,7 @@
 from celery import shared_task
 from flask import current_app
 
+from app.services import liveness
 from app.services.runs import run_batch
 
 
@@ -16,4 +17,9 @@ from app.services.runs import run_batch
 @shared_task(name="batches.run", bind=True, max_retries=0)
 def run(self, batch_id: int, token: str) -> str:  # type: ignore[no-untyped-def]
     """Run a batch's pending items if this dispatch still owns it."""
-    return run_batch(batch_id, token, heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"])
+    return run_batch(
+        batch_id,
+        token,
+        heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"],
+        worker_name=liveness.this_worker or self.request.hostname,
+    )

@@ -4,7 +4,7 @@ from celery import shared_task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from app.services.queue_manager import queue_manager
+from app.services.queue_manager import LeaseStillHeld, queue_manager
 
 # While PostgreSQL is unreachable these tasks are retried with a growing delay
 # (1, 2, 4 ... 30 s), so a promotion is not lost to a database restart.
@@ -24,20 +24,32 @@ def promote_next() -> int | None:
     return queue_manager.promote_next_batch()
 
 
+# A dead process's lease is freed by PostgreSQL a moment after the process dies:
+# a recovery that still finds it held looks again this often (within the retries).
+LEASE_RETRY_SECONDS = 0.25
+
+
 # Sent instead of a promotion when a run's task failed: its process died (a pool
 # child killed, out of memory) or it raised. Recovering at once beats waiting
 # for the heartbeat timeout; the promotion is part of it.
-@shared_task(name="queue.recover_run", soft_time_limit=30, time_limit=60, **_RETRY_WHILE_DATABASE_DOWN)
-def recover_run(batch_id: int, token: str) -> int | None:
+@shared_task(name="queue.recover_run", bind=True, soft_time_limit=30, time_limit=60, **_RETRY_WHILE_DATABASE_DOWN)
+def recover_run(self, batch_id: int, token: str) -> int | None:  # type: ignore[no-untyped-def]
     """Dispatch a dead run's batch again (or end it), then promote the head if the slot is free."""
-    return queue_manager.recover_dead_run(batch_id, token, max_attempts=current_app.config["BATCH_MAX_RUN_ATTEMPTS"])
+    try:
+        return queue_manager.recover_dead_run(
+            batch_id, token, max_attempts=current_app.config["BATCH_MAX_RUN_ATTEMPTS"]
+        )
+    except LeaseStillHeld as exc:
+        raise self.retry(exc=exc, countdown=LEASE_RETRY_SECONDS) from exc
 
 
-# Run by beat every RECONCILE_INTERVAL seconds: the guarantee behind the signal chain.
-# No retries: the next period is the retry.
+# The guarantee behind the signal chain runs as a timer inside every worker and
+# beat (workers/liveness.py), not as a task, so that Flower's task list shows
+# work rather than housekeeping. The task stays for a round on demand (a
+# script, a test); no retries: the timers' next round is the retry.
 @shared_task(name="queue.reconcile", soft_time_limit=30, time_limit=60)
 def reconcile() -> int | None:
-    """Recover a lost run and promote the head if the slot is free."""
+    """Run one repair round now: recover a lost run and promote the head if the slot is free."""
     return queue_manager.recover_lost_run(
         heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"],
         stop_grace=current_app.config["STOP_GRACE_SECONDS"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -127,6 +128,8 @@ def celery_worker(app: Flask) -> Iterator[Any]:
     import tasks.batches
     import tasks.queue  # noqa: F401  (registers queue.*)
     import workers.signals  # noqa: F401  (the promotion chain)
+    from app.services.liveness import ProcessRecord
+    from workers.liveness import ProcessLife
 
     celery = app.extensions["celery"]
     celery.loader.import_module("celery.contrib.testing.tasks")
@@ -138,7 +141,64 @@ def celery_worker(app: Flask) -> Iterator[Any]:
         queues=["batches", "control"],
         shutdown_timeout=20,
     ) as worker:
-        yield worker
+        # Celery's test worker sends no celeryd_init nor worker_ready: name it and
+        # record its heartbeats by hand.
+        from app.services import liveness
+
+        liveness.this_worker = worker.hostname
+        # No repair timer here: tests run their repair rounds when they mean to.
+        record = ProcessRecord(
+            name=worker.hostname,
+            kind="worker",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pool="thread",
+            concurrency=4,
+            queues=("batches", "control"),
+        )
+        worker.liveness = ProcessLife(app, record, repair_every=None).start()
+        _session_worker.append(worker)
+        try:
+            yield worker
+        finally:
+            _session_worker.clear()
+            worker.liveness.stop()
+
+
+# The session's worker, once a test has started it: tests of liveness silence its heartbeat.
+_session_worker: list[Any] = []
+
+
+@pytest.fixture
+def without_workers(app: Flask, clean: None) -> Iterator[None]:
+    """No worker is alive for the test: the session worker's heartbeat (if it runs) stops, records go."""
+    from workers.liveness import ProcessLife
+
+    silenced = list(_session_worker)
+    for worker in silenced:
+        worker.liveness.stop()
+    with app.app_context():
+        db.session.execute(db.text("DELETE FROM service_processes"))
+        db.session.commit()
+    try:
+        yield
+    finally:
+        for worker in silenced:
+            worker.liveness = ProcessLife(app, worker.liveness.record, repair_every=None).start()
+
+
+@pytest.fixture
+def live_worker(app: Flask, without_workers: None) -> Iterator[Any]:
+    """A worker's heartbeat (no worker behind it: nothing consumes runs), kept fresh until `stop()`."""
+    from app.services.liveness import ProcessRecord
+    from workers.liveness import ProcessLife
+
+    record = ProcessRecord(name="celery@stand-in", kind="worker", host="stand-in", pid=os.getpid(), pool="prefork")
+    life = ProcessLife(app, record, repair_every=None).start()
+    try:
+        yield life
+    finally:
+        life.stop()
 
 
 @pytest.fixture
@@ -154,7 +214,11 @@ def clean(app: Flask) -> Iterator[None]:
         for attempt in range(3):
             try:
                 db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-                db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
+                db.session.execute(
+                    db.text(
+                        "UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL, repaired_at = NULL"
+                    )
+                )
                 db.session.commit()
                 break
             except OperationalError as exc:  # a run that began after the wait

@@ -13,7 +13,10 @@ celery_app = flask_app.extensions["celery"]
 celery_app.conf.update(include=["tasks.batches", "tasks.queue"])
 
 # Connect the promotion chain, the SIGTERM hand-back and the log filter.
-from workers import hand_back, quiet_logs, signals  # noqa: E402,F401
+from workers import hand_back, liveness, quiet_logs, signals  # noqa: E402,F401
+
+# Heartbeats and repair rounds in every worker and beat.
+liveness.install(flask_app)
 
 
 @worker_process_init.connect

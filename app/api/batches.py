@@ -13,6 +13,7 @@ from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, L
 from app.schemas.common import PageArgs
 from app.services import batches
 from app.services.queue_manager import queue_manager
+from app.services.snapshots import read_snapshot
 
 batch_out = BatchOut()
 
@@ -44,11 +45,13 @@ def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
 @bp.get("/batches")
 def list_batches() -> dict[str, Any]:
     args = load_args(BatchListArgs())
+    read_snapshot()
     return page_body(batches.list_batches(args["page"], args["per_page"], args.get("status")), batch_out)
 
 
 @bp.get("/batches/<int:batch_id>")
 def get_batch(batch_id: int) -> dict[str, Any]:
+    read_snapshot()
     return batch_out.dump(batches.get_batch(batch_id))
 
 

@@ -9,6 +9,7 @@ from flask import g
 from app.api import bp
 from app.schemas.queue import QueueOut
 from app.services.queue_manager import QueueSnapshot, queue_manager
+from app.services.snapshots import read_snapshot
 
 
 def queue_body(snapshot: QueueSnapshot) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def queue_body(snapshot: QueueSnapshot) -> dict[str, Any]:
 
 @bp.get("/queue")
 def get_queue() -> dict[str, Any]:
+    read_snapshot()
     return queue_body(queue_manager.snapshot())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app
 
+from app.live.health_watch import HealthWatch
 from app.live.hub import Hub
 
 bp = Blueprint("live", __name__)
@@ -16,6 +17,8 @@ DEFAULTS = {
     "LIVE_HEARTBEAT_SECONDS": 15.0,
     # Streams end after this long; the browser reconnects (with Last-Event-ID) at once.
     "LIVE_STREAM_SECONDS": 300.0,
+    # How often a process with open streams looks at the service's health (the banner).
+    "LIVE_HEALTH_SECONDS": 1.0,
 }
 
 
@@ -23,9 +26,9 @@ def init_app(app: Flask) -> None:
     """Register the stream endpoint and this process's hub."""
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
-    app.extensions["live_hub"] = Hub(
-        app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"], int(app.config["LIVE_MAX_STREAMS"])
-    )
+    live_hub = Hub(app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"], int(app.config["LIVE_MAX_STREAMS"]))
+    app.extensions["live_hub"] = live_hub
+    app.extensions["health_watch"] = HealthWatch(app, live_hub, float(app.config["LIVE_HEALTH_SECONDS"]))
     app.register_blueprint(bp)
 
 

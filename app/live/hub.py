@@ -76,6 +76,11 @@ class Hub:
     def open_streams(self) -> int:
         return len(self._mailboxes)
 
+    @property
+    def closing(self) -> threading.Event:
+        """Set once the process is stopping: every stream and watcher of the hub ends."""
+        return self._closing
+
     def current_event_id(self) -> int:
         """The id of the latest hint published, 0 if none (or Redis can't tell)."""
         try:

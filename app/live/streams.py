@@ -32,6 +32,7 @@ def events() -> Response:
         return Response("sign in first\n", status=401, mimetype="text/plain")
     live_hub = hub()
     mailbox = live_hub.open()
+    current_app.extensions["health_watch"].ensure_running()
     if mailbox is None:
         return Response(
             "too many live streams on this process; poll instead\n",

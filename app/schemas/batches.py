@@ -11,6 +11,7 @@ from app.models import BatchStatus, ItemStatus
 from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
 from app.schemas.common import PageArgs
+from app.services.waiting import WaitingCode, waiting_of
 
 MAX_PROFILES = 10_000
 # Log line ids are PostgreSQL bigints.
@@ -71,6 +72,27 @@ class BatchOut(Schema):
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(allow_none=True)
     item_timeout = fields.Float()
+    waiting_code = fields.Method(
+        "get_waiting_code",
+        dump_only=True,
+        metadata={"type": "string", "nullable": True, "enum": [*(code.value for code in WaitingCode), None]},
+    )
+    waiting_reason = fields.Method("get_waiting_reason", dump_only=True, metadata={"type": "string", "nullable": True})
+    estimated_start_at = fields.Method(
+        "get_estimated_start_at", dump_only=True, metadata={"type": "string", "format": "date-time", "nullable": True}
+    )
+
+    # Judged at dump time against the answer's one view of the queue (app/services/waiting.py).
+    def get_waiting_code(self, batch: Any) -> str | None:
+        code = waiting_of(batch).code
+        return code.value if code is not None else None
+
+    def get_waiting_reason(self, batch: Any) -> str | None:
+        return waiting_of(batch).reason
+
+    def get_estimated_start_at(self, batch: Any) -> str | None:
+        at = waiting_of(batch).estimated_start_at
+        return at.isoformat() if at is not None else None
 
     def get_progress(self, batch: Any) -> dict[str, int]:
         return {

@@ -19,6 +19,7 @@ from app.services import storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import missing_profile_ids
 from app.services.queue_manager import NewBatch, queue_manager
+from app.services.waiting import judge_queued
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -86,6 +87,7 @@ def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Ba
         query = query.where(Batch.status == status)
     listing = paginate(query, page, per_page)
     _number_positions(listing.items)
+    judge_queued(listing.items)
     return listing
 
 

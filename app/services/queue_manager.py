@@ -46,7 +46,7 @@ from app.models import (
 )
 from app.models._types import utcnow
 from app.models.queue_state import QUEUE_STATE_ID
-from app.services import dispatch, events, leases, storable_id
+from app.services import dispatch, events, leases, liveness, storable_id
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,16 @@ class QueueSnapshot:
 
     @property
     def start_enabled(self) -> bool:
-        return self.running is None and (self.paused or self.queued_count == 0)
+        """Start does something useful whenever nothing runs.
+
+        Paused, it resumes the queue; empty, it leads to the creation form; not
+        paused with a head that waits (its promotion was lost), it promotes it.
+        """
+        return self.running is None
+
+
+class LeaseStillHeld(Exception):
+    """A run's task failed but its lease is still held: its process is dying; look again shortly."""
 
 
 @dataclass
@@ -284,6 +293,16 @@ _NO_LAST_ITEM = {
     "failed": 0,
     "lines": "[]",
 }
+
+# Stamping the repair round, only if no other process ran one within :gap
+# seconds: the workers and beats each run rounds on a timer, one a period is enough.
+_CLAIM_REPAIR_ROUND = text(
+    """
+    UPDATE queue_state SET repaired_at = now()
+    WHERE id = :id AND (repaired_at IS NULL OR repaired_at <= now() - make_interval(secs => :gap))
+    RETURNING id
+    """
+)
 
 _RESET_RUNNING_ITEMS = text(
     "UPDATE batch_items SET status = 'pending', started_at = NULL WHERE batch_id = :id AND status = 'running'"
@@ -530,17 +549,28 @@ class QueueManager:
         return self.snapshot()
 
     def recover_lost_run(
-        self, heartbeat_timeout: float, stop_grace: float, max_attempts: int = MAX_RUN_ATTEMPTS
+        self, heartbeat_timeout: float, stop_grace: float, max_attempts: int = MAX_RUN_ATTEMPTS, min_gap: float = 0.0
     ) -> int | None:
-        """Rescue the running batch when its run is gone, then fill a free slot (the id it started).
+        """Run one repair round: rescue the running batch if its run is gone, then fill a free slot.
 
-        A run is lost when no process holds its lease (the lease is a session
-        advisory lock, freed within milliseconds of its holder's death) and its
-        heartbeat is older than the timeout. A lost run is dispatched again with
-        a new token (the remaining items run; the old dispatch is fenced off), or
-        failed after `max_attempts` runs began; a lost stopping run is simply stopped.
+        Returns the id of the batch it started, if any. A run is lost when no
+        process holds its lease (the lease is a session advisory lock, freed
+        within milliseconds of its holder's death) and its heartbeat is older
+        than the timeout. A lost run is dispatched again with a new token (the
+        remaining items run; the old dispatch is fenced off), or failed after
+        `max_attempts` runs began. A stopping batch whose lease is free is
+        stopped at once: its run is gone, and nothing is left to wait for.
+
+        Every worker and beat runs rounds on a timer (workers/liveness.py):
+        with `min_gap`, a round is skipped when another process ran one that
+        recently, and the queue lock keeps two rounds from overlapping.
         """
+        if min_gap and self._repaired_within(min_gap):
+            return None
         with self._change() as change:
+            if db.session.execute(_CLAIM_REPAIR_ROUND, {"id": QUEUE_STATE_ID, "gap": min_gap}).first() is None:
+                return None
+            liveness.forget_long_gone()
             batch = db.session.scalar(select(Batch).where(Batch.status.in_(RUNNING_STATUSES)).with_for_update())
             if batch is not None:
                 self._recover(change, batch, heartbeat_timeout, stop_grace, max_attempts)
@@ -554,8 +584,9 @@ class QueueManager:
 
         Celery reported this dispatch's end, so there is no need to wait for the
         heartbeat: if the batch still carries the token and nobody holds its
-        lease, the run is gone now. Anything else (a newer run, a live holder,
-        a batch that ended) is left alone.
+        lease, the run is gone now. A lease still held belongs to the dying
+        process for a moment more: LeaseStillHeld asks the caller to try again
+        shortly. Anything else (a newer run, a batch that ended) is left alone.
         """
         with self._change() as change:
             batch = db.session.scalar(
@@ -563,7 +594,9 @@ class QueueManager:
                 .where(Batch.id == batch_id, Batch.status.in_(RUNNING_STATUSES), Batch.dispatch_token == token)
                 .with_for_update()
             )
-            if batch is not None and not leases.is_held(batch.id):
+            if batch is not None:
+                if leases.is_held(batch.id):
+                    raise LeaseStillHeld(f"batch {batch_id}: the failed run's lease is still held")
                 self._relaunch_or_end(change, batch, "its run task failed", max_attempts)
             return self._promote_head(change)
 
@@ -586,6 +619,9 @@ class QueueManager:
                 self._log(batch.id, f"did not stop within {stop_grace:g}s; terminating its process", level="warning")
                 change.after_commit.append(lambda: dispatch.revoke_run(token))
             return
+        if batch.status == BatchStatus.STOPPING:  # a stop found it running, and its run has ended since
+            self._relaunch_or_end(change, batch, "its run ended without stopping it", max_attempts)
+            return
         beat = batch.heartbeat_at or batch.started_at or now
         if now - beat < timedelta(seconds=heartbeat_timeout):
             return
@@ -602,6 +638,7 @@ class QueueManager:
         else:
             log.warning("batch %s: run lost (%s); dispatching it again", batch.id, reason)
             self._log(batch.id, f"run lost ({reason}); dispatching it again", level="warning")
+            batch.lost_at = utcnow()
             self._dispatch(change, batch)
 
     def _promote_head(self, change: _Change) -> int | None:
@@ -668,6 +705,16 @@ class QueueManager:
         if batch is None:
             raise NotFound(f"batch {batch_id} does not exist")
         return batch
+
+    @staticmethod
+    def _repaired_within(seconds: float) -> bool:
+        """Whether some process ran a repair round in the last `seconds` (read without the lock)."""
+        recent = db.session.scalar(
+            text("SELECT repaired_at > now() - make_interval(secs => :gap) FROM queue_state WHERE id = :id"),
+            {"id": QUEUE_STATE_ID, "gap": seconds},
+        )
+        db.session.rollback()
+        return bool(recent)
 
     @staticmethod
     def _last_rank() -> int:

@@ -225,8 +225,11 @@ def timed_out_error(limit: float) -> str:
     return f"timed out after {limit:g} s"
 
 
-def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str:
+def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0, worker_name: str | None = None) -> str:
     """Run the batch's pending items and commit its end; return what happened, in a word.
+
+    `worker_name` (the Celery node running it) is recorded on the batch, so the
+    health check can say which worker runs which batch.
 
     An OperationalError (the database went away) is raised, not recorded: the
     batch is not at fault, and the task's failure signal recovers the run once
@@ -237,7 +240,7 @@ def run_batch(batch_id: int, token: str, heartbeat_timeout: float = 30.0) -> str
         # failed statement that took it, so a claim that raises gives it back too.
         lease = Lease(connection.execution_options(isolation_level="AUTOCOMMIT"), batch_id)
         try:
-            leased, claimed = _lease_and_claim(lease.connection, batch_id, token)
+            leased, claimed = _lease_and_claim(lease.connection, batch_id, token, worker_name)
             lease.held = leased
             if not leased:
                 return "duplicate"
@@ -371,7 +374,7 @@ _LEASE_AND_CLAIM = text(
     WITH lease AS (
         SELECT pg_try_advisory_lock(:lease_class, :id) AS taken
     ), own AS (
-        UPDATE batches SET run_attempts = run_attempts + 1, heartbeat_at = :now
+        UPDATE batches SET run_attempts = run_attempts + 1, heartbeat_at = :now, worker_name = :worker, lost_at = NULL
         WHERE id = :id AND dispatch_token = :token AND status = 'in_progress' AND (SELECT taken FROM lease)
         RETURNING id, processor, parameters, total_items, run_attempts, item_timeout
     ), logged AS (
@@ -435,7 +438,9 @@ _FINISH_ITEM = text(
 )
 
 
-def _lease_and_claim(lease_connection: Connection, batch_id: int, token: str) -> tuple[bool, Claimed | None]:
+def _lease_and_claim(
+    lease_connection: Connection, batch_id: int, token: str, worker_name: str | None
+) -> tuple[bool, Claimed | None]:
     """Take the batch's lease and, with it, the batch: say whether the lease was free and what is left to do."""
     parameters = {
         "lease_class": leases.LEASE_CLASS,
@@ -443,6 +448,7 @@ def _lease_and_claim(lease_connection: Connection, batch_id: int, token: str) ->
         "token": token,
         "now": utcnow(),
         "host": socket.gethostname(),
+        "worker": worker_name,
     }
     claimed_at = time.monotonic()  # the first item's start, for its time limit
     row = lease_connection.execute(_LEASE_AND_CLAIM, parameters).one()

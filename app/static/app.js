@@ -47,14 +47,16 @@
     });
   }
 
+  // Each region is its own request source: htmx queues at most one request behind another of the
+  // same source and drops the rest, so regions sharing the body would lose all but two of a refresh.
   function fetchRegion(el) {
     var url = el.dataset.liveSrc;
     if (el.dataset.liveAppend) {
       var last = el.lastElementChild;
       url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + (last ? last.dataset.logId || 0 : 0);
-      return htmx.ajax("GET", url, {target: el, swap: "beforeend"});
+      return htmx.ajax("GET", url, {source: el, target: el, swap: "beforeend"});
     }
-    return htmx.ajax("GET", url, {target: el, swap: "innerMorph"});
+    return htmx.ajax("GET", url, {source: el, target: el, swap: "innerMorph"});
   }
 
   // refresh(hint) notes a hint (null: everything) and runs; refresh() only runs what is pending.
@@ -174,8 +176,34 @@
     });
   }
 
+  // --- times in the browser's own time zone ----------------------------------------
+  // The server writes HH:MM in UTC into <time data-local-time datetime=ISO>; shown here in local time,
+  // again after every live swap (a mutation observer catches morphs and appends alike).
+
+  function localizeTimes(root) {
+    (root || document).querySelectorAll("time[data-local-time]").forEach(function (el) {
+      var at = new Date(el.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      var text = at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      if (el.textContent !== text) el.textContent = text;
+      el.title = at.toLocaleString();
+    });
+  }
+
+  function followTimes() {
+    localizeTimes();
+    if (!window.MutationObserver) return;
+    var pending = false;
+    new MutationObserver(function () {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(function () { pending = false; localizeTimes(); });
+    }).observe(document.body, {childList: true, subtree: true});
+  }
+
   initProfilePicker();
   initProcessorSelect();
   initAutosubmit();
+  followTimes();
   if (body.dataset.liveUrl) connect();
 })();

@@ -31,6 +31,7 @@ from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
 from app.services import batches, screens
 from app.services.queue_manager import queue_manager
+from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
     FormState,
     all_parameter_fields,
@@ -69,6 +70,7 @@ def _table_args() -> dict[str, Any]:
 
 
 def _table_context(page: int, status: str | None) -> dict[str, Any]:
+    read_snapshot()
     listing = batches.list_batches(page, PER_PAGE, status)
     last_page = max(1, -(-listing.total // PER_PAGE))
     queue = queue_manager.snapshot()
@@ -230,6 +232,7 @@ def create() -> ResponseReturnValue:
 
 
 def _detail_context(batch_id: int) -> dict[str, Any]:
+    read_snapshot()
     try:
         batch = batches.get_batch(batch_id)
     except AppError:
@@ -257,6 +260,12 @@ def detail(batch_id: int) -> ResponseReturnValue:
     context = _detail_context(batch_id)
     context["log_lines"] = screens.log_lines(batch_id)
     return render_template("batches/detail.html", **context)
+
+
+@bp.get("/health-banner")
+def health_banner() -> ResponseReturnValue:
+    """The banner's live region: what keeps batches from moving, if anything."""
+    return render_template("_health_problems.html")
 
 
 @bp.get("/batches/<int:batch_id>/log")

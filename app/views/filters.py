@@ -8,6 +8,7 @@ from flask import Flask
 
 from app.models import Batch, BatchStatus
 from app.models._types import utcnow
+from app.services.waiting import queue_view, waiting_of
 
 STATUS_WORDS = {status.value: status.value.replace("_", " ") for status in BatchStatus}
 
@@ -61,6 +62,16 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+def service_problems() -> list[str]:
+    """The banner's sentences, from the same view of the queue as the rest of the page."""
+    return queue_view().health.problems()
+
+
+def clock(value: datetime | None) -> str:
+    """HH:MM in UTC; the page turns it into the browser's time (app.js)."""
+    return value.strftime("%H:%M") if value is not None else "-"
+
+
 def percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
 
@@ -72,6 +83,12 @@ def register(app: Flask) -> None:
         position_label=position_label,
         short_time=short_time,
         iso=iso,
+        clock=clock,
         percent=percent,
     )
-    app.jinja_env.globals.update(duration=duration, position_label=position_label)
+    app.jinja_env.globals.update(
+        duration=duration,
+        position_label=position_label,
+        waiting_of=waiting_of,
+        service_problems=service_problems,
+    )

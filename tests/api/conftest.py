@@ -27,6 +27,9 @@ BATCH_KEYS = {
     "finished_at": (str, type(None)),
     "error": (str, type(None)),
     "item_timeout": float,
+    "waiting_code": (str, type(None)),
+    "waiting_reason": (str, type(None)),
+    "estimated_start_at": (str, type(None)),
 }
 PROFILE_KEYS = {"id": int, "name": str, "attributes": dict, "created_at": str}
 LIST_KEYS = {"items": list, "total": int, "page": int, "per_page": int}

@@ -44,6 +44,9 @@ class WorkerProcess:
             "BATCH_HEARTBEAT_TIMEOUT": "2",
             "PROCESSOR_MODULES": "tests.faults.stubborn,tests.faults.probe",
             "BATCHQ_TEST_KEYPREFIX": self.prefix,
+            # The worker's own repair timer stays out of the way unless a test asks for it
+            # (start(repair_every=...)): most tests run their repair rounds by hand.
+            "RECONCILE_INTERVAL": "3600",
             "REMAP_SIGTERM": "SIGQUIT",  # as the Procfile's worker line
             "PYTHONPATH": str(ROOT),
         }
@@ -63,7 +66,18 @@ class WorkerProcess:
         self.beat: subprocess.Popen[bytes] | None = None
         self.started = 0
 
-    def start(self, queues: str = "batches,control") -> None:
+    def start(
+        self,
+        queues: str = "batches,control",
+        repair_every: float | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start the worker and (unless `wait` is false) wait until it answers a ping.
+
+        With `repair_every`, its repair timer runs a round that often; `env` adds
+        or overrides variables of its environment.
+        """
         self.started += 1
         name = f"faults{self.started}-{SESSION_TAG}@%h"
         log = (self.log_dir / f"worker{self.started}.log").open("wb")
@@ -90,17 +104,18 @@ class WorkerProcess:
                 "INFO",
             ],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **({"RECONCILE_INTERVAL": str(repair_every)} if repair_every else {}), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.name = name.replace("%h", "")
         self.hostname = name.replace("%h", socket.gethostname())
-        wait_for(lambda: self._answers(self.name), timeout=20, interval=0.1)
+        if wait:
+            wait_for(lambda: self._answers(self.name), timeout=20, interval=0.1)
 
     def start_beat(self, interval: float = 1.0) -> None:
-        """Celery beat on the same keys, sending queue.reconcile every `interval` seconds."""
+        """Celery beat on the same keys, running a repair round every `interval` seconds."""
         log = (self.log_dir / "beat.log").open("wb")
         self.beat = subprocess.Popen(
             [
@@ -126,6 +141,12 @@ class WorkerProcess:
         assert self.process is not None and self.process.poll() is None, self.log()
         replies = self.sender.control.ping(timeout=0.3) or []
         return any(name.startswith(prefix) for reply in replies for name in reply)
+
+    def kill_beat(self) -> None:
+        """SIGKILL beat: no chance to remove its liveness record."""
+        if self.beat is not None and self.beat.poll() is None:
+            os.killpg(self.beat.pid, signal.SIGKILL)
+            self.beat.wait(timeout=10)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children at once."""

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.services import dispatch, leases
-from app.services.queue_manager import MAX_RUN_ATTEMPTS, queue_manager
+from app.services.queue_manager import MAX_RUN_ATTEMPTS, LeaseStillHeld, queue_manager
 from tests.conftest import ApiClient, run_in_threads, wait_for
 from tests.faults.helpers import (
     age_heartbeat,
@@ -264,7 +264,7 @@ def test_run_lost_max_attempts_times_fails_the_batch_and_the_reconciler_promotes
     assert violations(app) == []
 
 
-def test_stopping_batch_whose_run_is_gone_is_stopped_by_the_reconciler_after_the_grace_fallback(
+def test_stopping_batch_is_stopped_by_the_first_round_after_the_grace_fallback_ended_its_run(
     api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], revoked: list[str], lease: Any
 ) -> None:
     profile_ids = api.profiles(3)
@@ -290,7 +290,7 @@ def test_stopping_batch_whose_run_is_gone_is_stopped_by_the_reconciler_after_the
 
     run.invalidate()  # the run's process is gone, its lease with it
     wait_for(lambda: lease_free(app, batch["id"]), timeout=2)
-    age_heartbeat(app, batch["id"])
+    # Its heartbeat is still fresh: nothing is left to wait for all the same.
     assert send_and_wait(app, "queue.reconcile") is None  # stopped; paused, so nothing is promoted
     row = batch_row(app, batch["id"])
     assert (row.status, row.queue_position) == ("stopped", None)
@@ -408,8 +408,9 @@ def test_failure_recovery_leaves_a_run_alone_when_its_lease_is_held_or_its_token
     batch = api.batch(profile_ids, "noop")
     [(_, token)] = unsent
     held = lease(batch["id"])
-    with app.app_context():
-        assert queue_manager.recover_dead_run(batch["id"], token) is None  # a live process holds it
+    with app.app_context(), pytest.raises(LeaseStillHeld):
+        queue_manager.recover_dead_run(batch["id"], token)  # held: its process is dying, ask again shortly
+    assert batch_row(app, batch["id"]).dispatch_token == token
     held.invalidate()
     wait_for(lambda: lease_free(app, batch["id"]), timeout=2)
     with app.app_context():

@@ -126,7 +126,7 @@ def start_button(client: FlaskClient) -> tuple[bool, str | None]:
         ("paused_empty", False, "post /queue/start"),
         ("empty", False, "get /batches/new"),
         ("only_finished", False, "get /batches/new"),
-        ("queued_not_paused_idle", True, None),
+        ("queued_not_paused_idle", False, "post /queue/start"),  # a lost promotion: Start promotes the head
     ],
 )
 def test_start_button_follows_start_enabled(

@@ -1,0 +1,92 @@
+"""Each web process watches the service's health and hints its open streams when it changes.
+
+A dead worker publishes nothing, and a broker that is down carries no hints:
+the pages would keep showing a healthy service. So the web process itself
+reads the recorded health (app/services/health.py) every second while it has
+open streams, and when what it reads changes (a worker aged out, the broker
+answered again, a run lost its lease) it hands a "health" hint straight to
+its own streams, without Redis. The pages then re-fetch their regions: the
+banner and the waiting reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Hashable
+
+from flask import Flask
+from sqlalchemy import text
+
+from app.extensions import db
+from app.live.hub import Hub
+from app.services.health import read_health
+
+log = logging.getLogger(__name__)
+
+HEALTH_HINT = {"kind": "health", "batch_id": None}
+
+# Whether the running batch's run holds its lease: its waiting reason turns on it.
+_RUNNING_LEASE = text(
+    """
+    SELECT b.id, EXISTS (
+        SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+        WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()
+            AND l.classid = :cls AND l.objid = b.id AND l.objsubid = 2
+    ) AS held
+    FROM batches b WHERE b.status IN ('in_progress', 'stopping')
+    """
+)
+
+
+class HealthWatch:
+    """The per-process watcher; started by the first stream of the process, ended with the hub."""
+
+    def __init__(self, app: Flask, hub: Hub, every: float) -> None:
+        self.app = app
+        self.hub = hub
+        self.every = every
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        """Start the watcher in this process unless it runs (threads don't survive gunicorn's fork)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._watch, name="health-watch", daemon=True)
+            self._thread.start()
+
+    def digest(self) -> Hashable:
+        """What the pages show of the service's health, reduced to a comparable value."""
+        from app.services.leases import LEASE_CLASS
+
+        with self.app.app_context():
+            try:
+                health = read_health()
+                running = (
+                    tuple(db.session.execute(_RUNNING_LEASE, {"cls": LEASE_CLASS}).all()) if health.database else ()
+                )
+            except Exception:  # the next look tries again; an unreadable database shows as such
+                log.warning("health watch could not read the database", exc_info=True)
+                running = ()
+                health = None
+            finally:
+                db.session.remove()
+        if health is None:
+            return ("unreadable",)
+        workers = tuple(worker.name for worker in health.workers)
+        return (health.database, health.broker, workers, health.beat_alive, health.repairs_late, running)
+
+    def _watch(self) -> None:
+        last = self.digest()
+        while not self.hub.closing.wait(self.every):
+            if not self.hub.open_streams:
+                continue
+            current = self.digest()
+            if current != last:
+                self.hub.broadcast(dict(HEALTH_HINT))
+                last = current

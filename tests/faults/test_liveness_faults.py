@@ -1,0 +1,133 @@
+"""Never silent, never stuck: liveness from heartbeats, repairs without beat, a hard stop that ends promptly."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from app.services.health import NO_WORKER, read_health
+from tests.conftest import ApiClient, wait_for
+from tests.faults.conftest import WorkerProcess
+from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, lease_free, log_lines, violations
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
+
+
+def _health(app: Flask) -> tuple[int, dict[str, Any], float]:
+    began = time.perf_counter()
+    response = app.test_client().get("/api/v1/health")
+    return response.status_code, response.get_json(), time.perf_counter() - began
+
+
+def test_health_polled_300_times_across_a_worker_start_and_running_batches_never_flaps_once_up(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    profile_ids = api.profiles(3)
+    prefork_worker.start(wait=False)
+    answers: list[tuple[int, bool]] = []
+    took: list[float] = []
+    batches: list[int] = []
+    for poll in range(300):
+        status, body, seconds = _health(app)
+        up = prefork_worker.hostname in body["workers"]
+        answers.append((status, up))
+        took.append(seconds)
+        if up and len(batches) < 6 and poll % 10 == 0:  # keep the worker busy while it is polled
+            batches.append(enqueue(app, profile_ids, "sleep", seconds=0.2))
+        time.sleep(0.03)
+    first_up = next(index for index, (_, up) in enumerate(answers) if up)
+    after = answers[first_up:]
+    assert len(after) > 150, f"the worker came up only at poll {first_up}"
+    assert after == [(200, True)] * len(after), [index for index, answer in enumerate(after) if answer != (200, True)]
+    assert len(batches) == 6
+    wait_for(lambda: all(batch_status(app, batch_id) == "done" for batch_id in batches), timeout=30)
+    print(f"health: median {statistics.median(took) * 1000:.1f} ms, max {max(took) * 1000:.1f} ms")
+
+
+def test_with_beat_killed_health_says_beat_missing_and_the_workers_still_repair_a_lost_promotion(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    prefork_worker.start(queues="batches", repair_every=1.0)  # control messages wait in the broker, to be purged
+    prefork_worker.start_beat(interval=1.0)
+    wait_for(lambda: _health(app)[1]["beat"] == "ok", timeout=15)
+    prefork_worker.kill_beat()
+    wait_for(lambda: _health(app)[1]["beat"] == "missing", timeout=5)  # aged out within three heartbeats
+    status, body, _ = _health(app)
+    assert status == 200 and prefork_worker.hostname in body["workers"]  # a missing beat alone is no fault
+
+    profile_ids = api.profiles(2)
+    first = enqueue(app, profile_ids, "noop")
+    behind = enqueue(app, profile_ids, "noop")
+    wait_for(lambda: batch_status(app, first) == "done", timeout=15)
+    broker = redis.Redis.from_url(prefork_worker.redis_url)
+    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=5)  # the promotion is there
+    broker.delete(f"{prefork_worker.prefix}control")  # ... and lost
+    lost_at = time.monotonic()
+
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)  # the worker's own repair round
+    assert time.monotonic() - lost_at < 2 * 1.0 + 3, "repaired within two periods (plus the run itself)"
+    assert violations(app) == []
+
+
+def test_a_hard_stopped_batch_is_stopped_by_the_first_round_after_its_process_dies_not_at_the_heartbeat_timeout(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    # A heartbeat timeout of an hour: only the free lease can tell that the run is gone.
+    prefork_worker.start(env={"BATCH_HEARTBEAT_TIMEOUT": "3600"})
+    profile_ids = api.profiles(2)
+    stubborn = enqueue(app, profile_ids, "stubborn", seconds=60)
+    wait_for(lambda: item_rows(app, stubborn)[0].status == "running", timeout=10)
+    assert api.post(f"/batches/{stubborn}/stop").get_json()["status"] == "stopping"
+    prefork_worker.kill()  # the hard stop's end of it, or any death: no signal reaches anyone
+    wait_for(lambda: lease_free(app, stubborn), timeout=5)
+    assert batch_status(app, stubborn) == "stopping"
+
+    prefork_worker.start(repair_every=1.0, env={"BATCH_HEARTBEAT_TIMEOUT": "3600"})
+    wait_for(lambda: batch_status(app, stubborn) == "stopped", timeout=5)  # within one round of 1 s
+    assert [item.status for item in item_rows(app, stubborn)] == ["pending", "pending"]
+    assert log_lines(app, stubborn)[-1] == "stopped (2 items left pending)"
+    assert batch_row(app, stubborn).queue_position is None
+    assert violations(app) == []
+
+
+def test_every_worker_killed_the_service_says_why_within_5_s_and_the_batch_resumes_when_one_starts(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess, without_workers: None
+) -> None:
+    prefork_worker.start()
+    profile_ids = api.profiles(6)
+    running = enqueue(app, profile_ids, "sleep", seconds=0.3)
+    behind = enqueue(app, profile_ids[:1], "noop")
+    wait_for(lambda: item_rows(app, running)[1].status == "running", timeout=15)
+    assert _waiting(api, behind) == ("behind", f"waiting for batch {running} (#1 starts next)")
+
+    prefork_worker.kill()
+    killed_at = time.monotonic()
+
+    def says_no_worker() -> bool:
+        return _waiting(api, running)[0] == "no_worker" and _waiting(api, behind)[0] == "no_worker"
+
+    wait_for(says_no_worker, timeout=8)
+    assert time.monotonic() - killed_at < 5
+    with app.app_context():
+        assert NO_WORKER in read_health().problems()  # the banner's sentence
+    status, body, _ = _health(app)
+    assert (status, body["workers"]) == (503, [])
+
+    prefork_worker.start(repair_every=1.0)  # its repair round re-dispatches the lost run
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=20)
+    assert batch_status(app, running) == "done"
+    assert [item.status for item in item_rows(app, running)] == ["succeeded"] * 6
+    assert _waiting(api, behind) == (None, None)
+    with app.app_context():
+        assert read_health().problems() == []
+    assert violations(app) == []
+
+
+def _waiting(api: ApiClient, batch_id: int) -> tuple[str | None, str | None]:
+    body = api.get(f"/batches/{batch_id}").get_json()
+    return body["waiting_code"], body["waiting_reason"]

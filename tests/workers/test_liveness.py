@@ -1,0 +1,115 @@
+"""Heartbeats and repair timers of workers and beats (workers/liveness.py), against real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app.extensions import db
+from app.services import liveness
+from app.services.liveness import ProcessRecord
+from tests.conftest import ApiClient, wait_for
+from workers.liveness import ProcessLife
+
+
+def _alive_names(app: Flask) -> list[str]:
+    with app.app_context():
+        names = [process.name for process in liveness.alive()]
+        db.session.rollback()
+        return names
+
+
+@pytest.fixture
+def lives(app: Flask, clean: None) -> Iterator[list[ProcessLife]]:
+    started: list[ProcessLife] = []
+    yield started
+    for life in started:
+        life.stop()
+
+
+def _record(name: str, kind: str = "worker") -> ProcessRecord:
+    return ProcessRecord(name=name, kind=kind, host="testhost", pid=os.getpid(), pool="prefork", concurrency=2)
+
+
+def test_a_started_process_is_alive_and_a_graceful_stop_removes_its_record(
+    app: Flask, lives: list[ProcessLife]
+) -> None:
+    life = ProcessLife(app, _record("celery@graceful"), repair_every=None).start()
+    lives.append(life)
+    assert "celery@graceful" in _alive_names(app)
+    life.stop()
+    with app.app_context():
+        assert db.session.scalar(db.text("SELECT count(*) FROM service_processes WHERE name = 'celery@graceful'")) == 0
+
+
+def test_heartbeats_keep_a_record_fresh_and_a_silent_one_ages_out_within_three_beats(
+    app: Flask, lives: list[ProcessLife]
+) -> None:
+    life = ProcessLife(app, _record("celery@beating"), repair_every=None).start()
+    lives.append(life)
+    with app.app_context():
+        db.session.execute(
+            db.text("UPDATE service_processes SET last_seen_at = now() - interval '10 seconds' WHERE name = :n"),
+            {"n": "celery@beating"},
+        )
+        db.session.commit()
+    assert "celery@beating" not in _alive_names(app)  # silent for more than three beats
+    wait_for(lambda: "celery@beating" in _alive_names(app), timeout=3)  # the next heartbeat
+
+
+def test_the_worker_record_names_the_batch_its_run_holds(
+    api: ApiClient, app: Flask, celery_worker: Any, settled: None
+) -> None:
+    batch = api.batch(api.profiles(1), "sleep", seconds=30)
+
+    def running_on() -> Any:
+        with app.app_context():
+            found = {process.name: process.batch for process in liveness.alive()}
+            db.session.rollback()
+        return found.get(celery_worker.hostname) == batch["id"]
+
+    wait_for(running_on, timeout=10)
+    assert api.post(f"/batches/{batch['id']}/stop").status_code == 200
+    wait_for(lambda: not running_on(), timeout=10)
+
+
+def test_a_repair_timer_promotes_a_head_left_waiting_without_any_task_or_beat(
+    api: ApiClient, app: Flask, celery_worker: Any, lives: list[ProcessLife], settled: None
+) -> None:
+    with app.app_context():
+        db.session.execute(db.text("UPDATE queue_state SET paused = true"))
+        db.session.commit()
+    waiting = api.batch(api.profiles(1))
+    with app.app_context():  # un-paused behind the queue manager's back: as after a lost promotion
+        db.session.execute(db.text("UPDATE queue_state SET paused = false"))
+        db.session.commit()
+    assert api.get(f"/batches/{waiting['id']}").get_json()["status"] == "queued"
+
+    app.config["RECONCILE_INTERVAL"] = 0.3
+    try:
+        lives.append(ProcessLife(app, _record("celery@repairing"), repair_every=0.3).start())
+        wait_for(lambda: api.get(f"/batches/{waiting['id']}").get_json()["status"] == "done", timeout=10)
+    finally:
+        app.config["RECONCILE_INTERVAL"] = 5.0
+
+
+def test_a_round_within_the_gap_of_another_processs_round_is_skipped(app: Flask, clean: None) -> None:
+    from app.services.queue_manager import queue_manager
+
+    def version_after_round() -> int:
+        with app.app_context():
+            queue_manager.recover_lost_run(heartbeat_timeout=30, stop_grace=30, min_gap=60)
+            version = db.session.scalar(db.text("SELECT version FROM queue_state"))
+            db.session.rollback()
+            return int(version)
+
+    first = version_after_round()  # repaired_at was NULL: this round runs and stamps it
+    assert version_after_round() == first  # another process's round a moment ago: skipped, lock untouched
+    with app.app_context():
+        db.session.execute(db.text("UPDATE queue_state SET repaired_at = now() - interval '61 seconds'"))
+        db.session.commit()
+    assert version_after_round() == first + 1  # the gap has passed: this round runs
