@@ -21,6 +21,9 @@ from types import FrameType
 
 # A pause before each restart, so a command that fails at once does not spin.
 RESTART_DELAY_SECONDS = 10.0
+# A stop the command did not get itself is passed on after this long: longer than
+# the worker's graceful stop (its 3 s soft shutdown), which a second signal would cut short.
+PASS_ON_AFTER_SECONDS = 10.0
 
 
 class KeepRunning:
@@ -55,8 +58,8 @@ class KeepRunning:
 
         honcho and systemd signal the whole process group, the command too: a
         second signal would turn Celery's graceful stop into an immediate one.
-        So the signal is passed on only when the command is still there a
-        moment after it (`kill` of this process alone).
+        So the signal is passed on only when the command is still there well
+        after it (`kill` of this process alone).
         """
         assert self.child is not None
         while True:
@@ -64,7 +67,11 @@ class KeepRunning:
                 return self.child.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 pass
-            if self.stopped_at is not None and not self.passed_on and time.monotonic() - self.stopped_at > 1.0:
+            if (
+                self.stopped_at is not None
+                and not self.passed_on
+                and time.monotonic() - self.stopped_at > PASS_ON_AFTER_SECONDS
+            ):
                 self.passed_on = True
                 self.child.send_signal(self.stop_signal)
 

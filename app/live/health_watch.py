@@ -2,8 +2,8 @@
 
 A dead worker publishes nothing, and a broker that is down carries no hints:
 the pages would keep showing a healthy service. So the web process itself
-reads the recorded health (app/services/health.py) every second while it has
-open streams, and when what it reads changes (a worker aged out, the broker
+reads the recorded health (app/services/health.py) every second, once its
+first stream has opened, and when what it reads changes (a worker aged out, the broker
 answered again, a run lost its lease) it hands a "health" hint straight to
 its own streams, without Redis. The pages then re-fetch their regions: the
 banner and the waiting reasons.
@@ -82,11 +82,11 @@ class HealthWatch:
         return (health.database, health.broker, workers, health.beat_alive, health.repairs_late, running)
 
     def _watch(self) -> None:
+        # Read on every round, streams open or not: a page that opens between two rounds was
+        # rendered with a reading at most one round newer than `last`, never an old one.
         last = self.digest()
         while not self.hub.closing.wait(self.every):
-            if not self.hub.open_streams:
-                continue
             current = self.digest()
-            if current != last:
+            if current != last and self.hub.open_streams:
                 self.hub.broadcast(dict(HEALTH_HINT))
-                last = current
+            last = current

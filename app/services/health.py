@@ -101,9 +101,10 @@ def broker_ok() -> bool:
     return probe.ok()
 
 
+# No round yet (a new database) is not late: the first comes one period after a worker or beat starts.
 _REPAIRS_LATE = text(
     """
-    SELECT repaired_at IS NULL OR repaired_at < now() - make_interval(secs => :late)
+    SELECT coalesce(repaired_at < now() - make_interval(secs => :late), false)
     FROM queue_state
     """
 )

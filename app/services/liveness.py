@@ -93,6 +93,27 @@ def forget(connection: Connection, name: str) -> None:
     connection.execute(text("DELETE FROM service_processes WHERE name = :name"), {"name": name})
 
 
+# The worker that claimed a batch is known to be gone: its record aged out (it was
+# killed), or a process of the same name started since the run's last heartbeat
+# (it was killed and restarted). A record deleted by a graceful stop proves
+# nothing: such a worker hands its run back, and the heartbeat timeout applies.
+_CLAIMER_GONE = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM batches b JOIN service_processes p ON p.name = b.worker_name
+        WHERE b.id = :id AND (
+            p.last_seen_at <= now() - make_interval(secs => :stale) OR p.started_at > b.heartbeat_at
+        )
+    )
+    """
+)
+
+
+def claimer_gone(batch_id: int) -> bool:
+    """Whether the worker whose run claimed the batch has died since (for a batch whose lease is free)."""
+    return bool(db.session.scalar(_CLAIMER_GONE, {"id": batch_id, "stale": MISSED_BEATS * HEARTBEAT_SECONDS}))
+
+
 def forget_long_gone() -> int:
     """Delete the records of processes silent for an hour (in the caller's transaction)."""
     result: Any = db.session.execute(

@@ -555,8 +555,9 @@ class QueueManager:
 
         Returns the id of the batch it started, if any. A run is lost when no
         process holds its lease (the lease is a session advisory lock, freed
-        within milliseconds of its holder's death) and its heartbeat is older
-        than the timeout. A lost run is dispatched again with a new token (the
+        within milliseconds of its holder's death) and either its worker is
+        known to be gone (its liveness record aged out, or it restarted) or its
+        heartbeat is older than the timeout. A lost run is dispatched again with a new token (the
         remaining items run; the old dispatch is fenced off), or failed after
         `max_attempts` runs began. A stopping batch whose lease is free is
         stopped at once: its run is gone, and nothing is left to wait for.
@@ -621,6 +622,9 @@ class QueueManager:
             return
         if batch.status == BatchStatus.STOPPING:  # a stop found it running, and its run has ended since
             self._relaunch_or_end(change, batch, "its run ended without stopping it", max_attempts)
+            return
+        if liveness.claimer_gone(batch.id):  # no need to wait for the heartbeat to age
+            self._relaunch_or_end(change, batch, "its worker is gone", max_attempts)
             return
         beat = batch.heartbeat_at or batch.started_at or now
         if now - beat < timedelta(seconds=heartbeat_timeout):

@@ -104,9 +104,11 @@ _SECONDS_PER_ITEM = text(
     """
 )
 
+# now() is the transaction's start: the moment of the answer's snapshot, which the
+# running batch's progress is measured against.
 _QUEUE = text(
     """
-    SELECT q.paused, q.paused_by, q.paused_at,
+    SELECT now() AS now, q.paused, q.paused_by, q.paused_at,
         (SELECT id FROM batches WHERE queue_rank IS NOT NULL ORDER BY queue_rank LIMIT 1) AS head_id
     FROM queue_state q WHERE q.id = :id
     """
@@ -138,23 +140,30 @@ def _read_view() -> QueueView:
         for row in db.session.execute(_SECONDS_PER_ITEM, {"processors": processors.names(), "recent": RECENT_BATCHES})
     }
     running = db.session.query(Batch).filter(Batch.status.in_(RUNNING_STATUSES)).one_or_none()
+    now = queue.now if queue is not None else utcnow()
     return QueueView(
+        now=now,
         health=health,
         paused=bool(queue and queue.paused),
         paused_by=queue.paused_by if queue else None,
         paused_at=queue.paused_at if queue else None,
         head_id=queue.head_id if queue else None,
-        running=_running_run(running, rates) if running is not None else None,
+        running=_running_run(running, rates, now) if running is not None else None,
         seconds_per_item=rates,
         max_attempts=int(current_app.config["BATCH_MAX_RUN_ATTEMPTS"]),
     )
 
 
-def _running_run(batch: Batch, rates: dict[str, float]) -> RunningRun:
+# Items a running batch must have done before its own pace is trusted over its processor's history.
+OWN_PACE_AFTER = 5
+
+
+def _running_run(batch: Batch, rates: dict[str, float], now: datetime) -> RunningRun:
     done = batch.succeeded_items + batch.failed_items
     rate = rates.get(batch.processor)
-    if done and batch.started_at is not None:  # its own pace is the freshest evidence
-        rate = (utcnow() - batch.started_at).total_seconds() / done
+    own_pace = done and batch.started_at is not None and (done >= OWN_PACE_AFTER or rate is None)
+    if own_pace and batch.started_at is not None:  # the freshest evidence, once there is enough of it
+        rate = (now - batch.started_at).total_seconds() / done
     return RunningRun(
         id=batch.id,
         status=batch.status,

@@ -178,13 +178,13 @@
 
   // --- times in the browser's own time zone ----------------------------------------
   // The server writes HH:MM in UTC into <time data-local-time datetime=ISO>; shown here in local time,
-  // again after every live swap (a mutation observer catches morphs and appends alike).
+  // again after every live swap (a mutation observer catches morphs, appends and text changed in place).
 
   function localizeTimes(root) {
     (root || document).querySelectorAll("time[data-local-time]").forEach(function (el) {
       var at = new Date(el.getAttribute("datetime"));
       if (isNaN(at)) return;
-      var text = at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      var text = at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
       if (el.textContent !== text) el.textContent = text;
       el.title = at.toLocaleString();
     });
@@ -198,7 +198,7 @@
       if (pending) return;
       pending = true;
       requestAnimationFrame(function () { pending = false; localizeTimes(); });
-    }).observe(document.body, {childList: true, subtree: true});
+    }).observe(document.body, {childList: true, subtree: true, characterData: true});
   }
 
   initProfilePicker();

@@ -131,3 +131,23 @@ def test_every_worker_killed_the_service_says_why_within_5_s_and_the_batch_resum
 def _waiting(api: ApiClient, batch_id: int) -> tuple[str | None, str | None]:
     body = api.get(f"/batches/{batch_id}").get_json()
     return body["waiting_code"], body["waiting_reason"]
+
+
+def test_a_worker_killed_and_restarted_resumes_its_batch_without_waiting_for_the_heartbeat_timeout(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess
+) -> None:
+    # A heartbeat timeout of an hour: only the worker's own liveness record can tell that its run is gone.
+    slow_timeout = {"BATCH_HEARTBEAT_TIMEOUT": "3600"}
+    prefork_worker.start(env=slow_timeout)
+    profile_ids = api.profiles(4)
+    batch_id = enqueue(app, profile_ids, "sleep", seconds=0.3)
+    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
+    prefork_worker.kill()
+    killed_at = time.monotonic()
+
+    prefork_worker.start(repair_every=1.0, env=slow_timeout)  # same node name, a new process
+    wait_for(lambda: batch_status(app, batch_id) == "done", timeout=20)
+    assert time.monotonic() - killed_at < 15
+    assert "run lost (its worker is gone); dispatching it again" in log_lines(app, batch_id)
+    assert [item.status for item in item_rows(app, batch_id)] == ["succeeded"] * 4
+    assert violations(app) == []

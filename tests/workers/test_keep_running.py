@@ -21,7 +21,7 @@ def _start(tmp_path: Path, restart_delay: str = "0.3") -> tuple[subprocess.Popen
     pids = tmp_path / "pids"
     code = (
         "import sys, workers.keep_running as k;"
-        f" k.RESTART_DELAY_SECONDS = {restart_delay};"
+        f" k.RESTART_DELAY_SECONDS = {restart_delay}; k.PASS_ON_AFTER_SECONDS = 1.0;"
         " sys.argv = ['keep_running', *sys.argv[1:]]; k.main()"
     )
     process = subprocess.Popen(

@@ -113,3 +113,45 @@ def test_a_round_within_the_gap_of_another_processs_round_is_skipped(app: Flask,
         db.session.execute(db.text("UPDATE queue_state SET repaired_at = now() - interval '61 seconds'"))
         db.session.commit()
     assert version_after_round() == first + 1  # the gap has passed: this round runs
+
+
+def test_a_batchs_claimer_counts_as_gone_when_its_record_aged_or_it_restarted_not_when_it_left_gracefully(
+    app: Flask, api: ApiClient
+) -> None:
+    with app.app_context():
+        db.session.execute(db.text("UPDATE queue_state SET paused = true"))  # the batch stays where it is put
+        db.session.commit()
+    batch = api.batch(api.profiles(1))
+    with app.app_context(), db.engine.connect() as connection:
+        db.session.execute(
+            db.text("UPDATE batches SET worker_name = 'celery@claimer', heartbeat_at = now() WHERE id = :id"),
+            {"id": batch["id"]},
+        )
+        db.session.commit()
+
+        def gone() -> bool:
+            answer = liveness.claimer_gone(batch["id"])
+            db.session.rollback()
+            return answer
+
+        def update(assignment: str) -> None:
+            connection.execute(db.text(f"UPDATE service_processes SET {assignment} WHERE name = 'celery@claimer'"))
+            connection.commit()
+
+        assert not gone()  # no record at all: left gracefully (or never recorded); the heartbeat decides
+        liveness.record(connection, _record("celery@claimer"))
+        connection.commit()
+        update("started_at = now() - interval '1 minute'")
+        assert not gone()  # alive, and the same process as the run's
+        update("last_seen_at = now() - interval '10 seconds'")
+        assert gone()  # killed: its record aged
+        update("last_seen_at = now(), started_at = now() + interval '1 second'")
+        assert gone()  # killed and started again under the same name
+        liveness.forget(connection, "celery@claimer")
+        connection.commit()
+
+
+def test_beat_schedules_no_task_so_flower_lists_work_not_housekeeping(app: Flask) -> None:
+    # Repairs run on timers inside workers and beats; a scheduled queue.reconcile every few
+    # seconds pushed the runs operators look for off Flower's first page.
+    assert app.extensions["celery"].conf.beat_schedule == {}
