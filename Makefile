@@ -1,10 +1,11 @@
 # batchq: everything runs from the repository root, inside .venv.
-#   make install   create .venv and install requirements.txt (skipped while .venv/.installed is newer)
+#   make install   create .venv, install requirements.txt and requirements-dev.txt (tests, lint); skipped while
+#                  nothing changed. `make install-prod` installs only what the service runs with
 #   make run       the whole stack in the foreground, embedded PostgreSQL/Redis unless
 #                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make test-faults  the fault-injection suite alone (killed workers, a stopped Redis, lost messages)
-#   make lint      ruff check and ruff format --check (ruff pinned, installed into .venv on first use)
+#   make lint      ruff check, ruff format --check and mypy (strict for app/services and tasks)
 #   make bench     bench.handoff, bench.live, bench.control, bench.recovery, bench.estimates in turn
 #                  (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS, RECOVERY_ARGS, ESTIMATE_ARGS)
 #   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
@@ -16,30 +17,37 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROD_STAMP := $(VENV)/.installed-prod
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 LIVE_ARGS ?=
 CONTROL_ARGS ?=
 ESTIMATE_ARGS ?=
 
-.PHONY: help install run test test-faults lint bench clean distclean
+.PHONY: help install install-prod run test test-faults lint bench clean distclean
 
 help:
-	@sed -n '2,10s/^# \{0,1\}//p' Makefile
+	@sed -n '2,11s/^# \{0,1\}//p' Makefile
 
 install: $(STAMP)
+
+install-prod: $(PROD_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The stamp is newer than requirements.txt once it is installed: pip runs only when it changes.
-$(STAMP): requirements.txt | $(BIN)/python
+# A stamp is newer than its requirements once they are installed: pip runs only when they change.
+$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $(STAMP) $(PROD_STAMP)
+
+$(PROD_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	touch $(STAMP)
+	touch $(PROD_STAMP)
 
 # honcho hands each process a PORT of its own, counting from its base (5000 unless told): the base
 # is the web port, so web, the first process, listens on PORT (8000 by default), as README says.
-run: install
+run: install-prod
 	$(BIN)/python -m app.embedded run -- sh -c '$(BIN)/flask --app wsgi db upgrade && \
 	  exec $(BIN)/honcho start --port "$${PORT:-8000}" web worker beat flower'
 
@@ -53,14 +61,11 @@ test: install
 test-faults: install
 	@$(MAKE) --no-print-directory test PYTEST_ARGS="-m faults tests/faults $(PYTEST_ARGS)"
 
-# ruff is a developer tool, not a dependency of the service: pinned here, installed on first use.
-RUFF_VERSION := 0.17.6
-
+# ruff and mypy are developer tools, pinned in requirements-dev.txt; mypy's settings are in pyproject.toml.
 lint: install
-	@$(BIN)/ruff --version 2>/dev/null | grep -qx 'ruff $(RUFF_VERSION)' || \
-	  $(BIN)/python -m pip install --disable-pip-version-check -q ruff==$(RUFF_VERSION)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The benchmarks print figures and never fail on them; each migrates a database of its own.
 # All five run, one after the other, on the same servers; the target fails if one of them crashed.

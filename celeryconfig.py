@@ -41,7 +41,6 @@ worker_soft_shutdown_timeout = 3.0
 _VISIBILITY_TIMEOUT = 6 * 3600
 broker_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 result_backend_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
-visibility_timeout = _VISIBILITY_TIMEOUT
 
 # Batches are long; their time limits are declared on the tasks themselves.
 result_expires = 24 * 3600

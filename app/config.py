@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -80,8 +80,6 @@ class Settings:
     reconcile_interval: float = 5.0
     item_timeout_default: float = 3600.0
     events_channel: str = "batchq:events"
-    testing: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

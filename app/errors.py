@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class AppError(Exception):
     """An error a client can act on, with the contract's code and HTTP status."""
@@ -9,7 +11,7 @@ class AppError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, fields: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, fields: Mapping[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields

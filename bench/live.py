@@ -241,7 +241,7 @@ def main() -> None:
         # Paused: the measured batches are queued and cancelled, never dispatched (no worker runs here).
         db.session.execute(
             db.text(
-                "INSERT INTO queue_state (id, paused, paused_by, version) VALUES (1, true, 'bench', 0)"
+                "INSERT INTO queue_state (id, paused, paused_by) VALUES (1, true, 'bench')"
                 " ON CONFLICT (id) DO UPDATE SET paused = true"
             )
         )

@@ -91,7 +91,6 @@ def settings(servers: tuple[str, str]) -> Settings:
         events_channel=f"batchq-{SESSION_TAG}:events",
         http_allowed_hosts=("127.0.0.1", "localhost"),
         heartbeat_timeout=30.0,
-        testing=True,
     )
 
 

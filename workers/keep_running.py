@@ -33,7 +33,7 @@ class KeepRunning:
         self.command = command
         self.stopping = False
         self.stopped_at: float | None = None
-        self.stop_signal = signal.SIGTERM
+        self.stop_signal: int = signal.SIGTERM
         self.passed_on = False
         self.child: subprocess.Popen[bytes] | None = None
 

@@ -29,7 +29,7 @@ def error_response(status: int, code: str, message: str, fields: dict[str, Any] 
 @bp.errorhandler(AppError)
 def app_error(exc: AppError) -> Response:
     db.session.rollback()
-    return error_response(exc.status, exc.code, exc.message, exc.fields)
+    return error_response(exc.status, exc.code, exc.message, dict(exc.fields) if exc.fields is not None else None)
 
 
 @bp.errorhandler(ValidationError)

@@ -3,7 +3,6 @@
 from app.models.accounts import ApiToken, User
 from app.models.batches import (
     RUNNING_STATUSES,
-    TERMINAL_STATUSES,
     Batch,
     BatchItem,
     BatchLog,
@@ -16,7 +15,6 @@ from app.models.queue_state import QueueState
 
 __all__ = [
     "RUNNING_STATUSES",
-    "TERMINAL_STATUSES",
     "ApiToken",
     "Batch",
     "BatchItem",

@@ -13,7 +13,7 @@ queued batches, measured); ranks make each of them a one-row change.
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, aliased, column_property, mapped_column
 
-from app.extensions import db
+from app.extensions import Model
 from app.models._types import utcnow
 
 
@@ -58,14 +58,13 @@ class ItemStatus(StrEnum):
 
 
 RUNNING_STATUSES = (BatchStatus.IN_PROGRESS, BatchStatus.STOPPING)
-TERMINAL_STATUSES = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.STOPPED, BatchStatus.CANCELLED)
 
 
 def _sql_list(values: tuple[StrEnum, ...]) -> str:
     return ", ".join(f"'{value.value}'" for value in values)
 
 
-class Batch(db.Model):
+class Batch(Model):
     __tablename__ = "batches"
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(tuple(BatchStatus))})", name="batch_status_known"),
@@ -80,6 +79,13 @@ class Batch(db.Model):
         ),
         Index("batch_finished_order", text("created_at DESC"), postgresql_where=text("queue_rank IS NULL")),
         Index("batch_status", "status"),
+        # Each processor's last finished batches: the item durations the start estimates read.
+        Index(
+            "batch_recent_finished",
+            "processor",
+            text("finished_at DESC"),
+            postgresql_where=text("status IN ('done', 'failed')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -108,6 +114,8 @@ class Batch(db.Model):
     run_attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stop_requested_by: Mapped[str | None] = mapped_column(String(200))
+    if TYPE_CHECKING:  # mapped below, once the class exists: the count refers to the table itself
+        queue_position: Mapped[int | None]
     # Seconds one item may run before it fails as timed out (fixed when the batch is created).
     item_timeout: Mapped[float] = mapped_column(Float, default=3600.0)
     # The worker (Celery node name) whose run last claimed the batch.
@@ -143,7 +151,7 @@ Batch.queue_position = column_property(
 )
 
 
-class BatchItem(db.Model):
+class BatchItem(Model):
     __tablename__ = "batch_items"
     __table_args__ = (
         UniqueConstraint("batch_id", "position", name="batch_item_order"),
@@ -162,7 +170,7 @@ class BatchItem(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class BatchLog(db.Model):
+class BatchLog(Model):
     __tablename__ = "batch_logs"
     __table_args__ = (Index("batch_log_by_batch", "batch_id", "id"),)
 

@@ -12,14 +12,14 @@ from datetime import datetime
 from sqlalchemy import ARRAY, CheckConstraint, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
+from app.extensions import Model
 from app.models._types import utcnow
 
 WORKER = "worker"
 BEAT = "beat"
 
 
-class ServiceProcess(db.Model):
+class ServiceProcess(Model):
     __tablename__ = "service_processes"
     __table_args__ = (CheckConstraint(f"kind IN ('{WORKER}', '{BEAT}')", name="service_process_kind_known"),)
 

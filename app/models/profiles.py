@@ -7,11 +7,11 @@ from sqlalchemy import DateTime, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
+from app.extensions import Model
 from app.models._types import utcnow
 
 
-class Profile(db.Model):
+class Profile(Model):
     __tablename__ = "profiles"
 
     id: Mapped[int] = mapped_column(primary_key=True)

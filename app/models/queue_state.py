@@ -2,15 +2,15 @@
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, String
+from sqlalchemy import Boolean, CheckConstraint, DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
+from app.extensions import Model
 
 QUEUE_STATE_ID = 1
 
 
-class QueueState(db.Model):
+class QueueState(Model):
     __tablename__ = "queue_state"
     __table_args__ = (CheckConstraint("id = 1", name="queue_state_single_row"),)
 
@@ -18,7 +18,5 @@ class QueueState(db.Model):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     paused_by: Mapped[str | None] = mapped_column(String(200))
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Bumped by every queue change; live pages use it to tell old news from new.
-    version: Mapped[int] = mapped_column(BigInteger, default=0)
     # When a repair round (the reconciler) last ran, whichever process ran it.
     repaired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

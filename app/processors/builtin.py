@@ -51,7 +51,7 @@ class HttpParameters(Schema):
 class Noop:
     name = "noop"
     description = "Succeeds at once."
-    schema = NoParameters
+    schema: type[Schema] = NoParameters
 
     def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
         return {"profile": profile.name}
@@ -60,7 +60,7 @@ class Noop:
 class Sleep:
     name = "sleep"
     description = "Waits, then fails for the named profiles and succeeds for the rest."
-    schema = SleepParameters
+    schema: type[Schema] = SleepParameters
 
     def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
         if ctx.wait(float(parameters["seconds"])):
@@ -73,7 +73,7 @@ class Sleep:
 class Http:
     name = "http"
     description = "POSTs the profile and parameters as JSON to url; any non-2xx fails the item."
-    schema = HttpParameters
+    schema: type[Schema] = HttpParameters
 
     def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
         url = parameters["url"]

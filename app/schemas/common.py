@@ -16,7 +16,7 @@ class PageArgs(Schema):
 class ErrorBody(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
-    fields = fields.Dict()
+    fields = fields.Dict()  # type: ignore[assignment]  # the contract's name, though Schema has an attribute of it
 
 
 class ErrorSchema(Schema):

@@ -98,7 +98,9 @@ def _number_positions(page: list[Batch]) -> None:
     first one's position is counted; the rest follow it.
     """
     queued = [batch for batch in page if batch.queue_rank is not None]
-    first = db.session.scalar(select(func.count()).where(Batch.queue_rank < queued[0].queue_rank)) if queued else 0
+    first = 0
+    if queued:
+        first = db.session.scalar(select(func.count()).where(Batch.queue_rank < queued[0].queue_rank)) or 0
     for batch in page:
         position = None
         if batch.status in RUNNING_STATUSES:

@@ -46,11 +46,6 @@ def hand_back_run(batch_id: int, token: str) -> None:
     )
 
 
-def send_promotion() -> None:
-    """Ask a worker to promote the head of the queue if the slot is free."""
-    celery().send_task(PROMOTE_TASK, queue=CONTROL_QUEUE, ignore_result=True)
-
-
 def revoke_run(token: str) -> None:
     """Hard-stop fallback: terminate the process running this dispatch."""
     celery().control.revoke(token, terminate=True, signal="SIGKILL")

@@ -95,7 +95,7 @@ class BrokerProbe:
 
 def broker_ok() -> bool:
     """The broker's reachability as this process last saw it (probed again once a second at most)."""
-    probe = current_app.extensions.get("broker_probe")
+    probe: BrokerProbe | None = current_app.extensions.get("broker_probe")
     if probe is None:
         probe = current_app.extensions.setdefault("broker_probe", BrokerProbe(current_app.extensions["celery"]))
     return probe.ok()

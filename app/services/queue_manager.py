@@ -114,9 +114,9 @@ class _Change:
         self.after_commit.append(lambda: events.publish(kind, batch_id))
 
 
-# Taking the queue lock and bumping the version are one statement: the UPDATE
-# holds the row lock until commit, which serializes every queue change.
-_LOCK_QUEUE = text("UPDATE queue_state SET version = version + 1 WHERE id = :id RETURNING paused")
+# Taking the queue lock: the row lock is held until commit, which serializes
+# every queue change, and the pause it reads is the current one.
+_LOCK_QUEUE = text("SELECT paused FROM queue_state WHERE id = :id FOR UPDATE")
 
 # Promotion in one statement, run under the queue lock so its snapshot is
 # current: if nothing runs, the head (lowest rank) becomes in_progress with a
@@ -364,7 +364,7 @@ class QueueManager:
         paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
         if paused is None:  # a database migrated without its state row
             db.session.execute(
-                text("INSERT INTO queue_state (id, paused, version) VALUES (:id, false, 0) ON CONFLICT DO NOTHING"),
+                text("INSERT INTO queue_state (id, paused) VALUES (:id, false) ON CONFLICT DO NOTHING"),
                 {"id": QUEUE_STATE_ID},
             )
             paused = db.session.execute(_LOCK_QUEUE, {"id": QUEUE_STATE_ID}).scalar()
@@ -527,7 +527,7 @@ class QueueManager:
             batch = self._locked_batch(batch_id)
             if batch.status != BatchStatus.QUEUED:
                 raise Conflict(f"batch {batch_id} is {batch.status}; only a queued batch can be moved")
-            current = batch.queue_position
+            current = batch.queue_position or 1  # a queued batch always has one
             target = max(1, min(target_of(current), self._queued_count()))
             if target != current:
                 batch.queue_rank = self._rank_for(batch.id, target)
@@ -650,7 +650,7 @@ class QueueManager:
         if change.paused:
             return None
         token = uuid.uuid4().hex
-        promoted = db.session.execute(_PROMOTE_HEAD, {"now": utcnow(), "token": token}).scalar()
+        promoted: int | None = db.session.execute(_PROMOTE_HEAD, {"now": utcnow(), "token": token}).scalar()
         if promoted is None:
             return None
         change.after_commit.append(lambda: dispatch.send_run(promoted, token))
@@ -728,7 +728,7 @@ class QueueManager:
     def _rank_for(batch_id: int, target: int) -> int:
         """A free rank that puts the batch at `target` among the other queued batches."""
         for _ in range(2):
-            ranks = list(db.session.scalars(_NEIGHBOUR_RANKS, {"id": batch_id, "skip": max(target - 2, 0)}))
+            ranks: list[int] = list(db.session.scalars(_NEIGHBOUR_RANKS, {"id": batch_id, "skip": max(target - 2, 0)}))
             if target == 1:
                 return ranks[0] - RANK_GAP
             before, after = ranks[0], ranks[1] if len(ranks) > 1 else None
@@ -770,7 +770,7 @@ class QueueManager:
                         update(Batch).where(Batch.id == row.id).values(queue_rank=before + place * step),
                         execution_options={"synchronize_session": False},
                     )
-                return before + step
+                return int(before + step)
         return None
 
     @staticmethod

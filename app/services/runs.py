@@ -36,6 +36,7 @@ from app.extensions import db
 from app.models import BatchStatus, ItemStatus
 from app.models._types import utcnow
 from app.processors import ItemFailed, ItemKey, ProfileData, StopRequested
+from app.processors.base import Processor
 from app.services import dispatch, events, leases
 from app.services.queue_manager import queue_manager
 
@@ -524,9 +525,7 @@ class Outcome:
     error: str | None = None
 
 
-def _process_in_time(
-    processor: processors.Processor, parameters: dict[str, Any], ctx: ItemContext, watcher: Watcher
-) -> Outcome:
+def _process_in_time(processor: Processor, parameters: dict[str, Any], ctx: ItemContext, watcher: Watcher) -> Outcome:
     """Run the processor on the item under its time limit: past it the item failed, whatever the processor did."""
     watcher.begin_item(ctx)
     try:
@@ -538,9 +537,7 @@ def _process_in_time(
     return outcome
 
 
-def _process(
-    processor: processors.Processor, item: PendingItem, parameters: dict[str, Any], ctx: ItemContext
-) -> Outcome:
+def _process(processor: Processor, item: PendingItem, parameters: dict[str, Any], ctx: ItemContext) -> Outcome:
     """Run the processor on one profile and say how it went."""
     try:
         result = processor.process(item.profile, parameters, ctx)

@@ -126,7 +126,7 @@ _WORK_AHEAD = text(
 
 def queue_view() -> QueueView:
     """This answer's view of the queue, read once (kept on flask.g for the rest of the request)."""
-    view = g.get("queue_view")
+    view: QueueView | None = g.get("queue_view")
     if view is None:
         view = g.queue_view = _read_view()
     return view

@@ -114,7 +114,7 @@ def _after_control() -> ResponseReturnValue:
     if len(segments) == 2 and segments[0] == "batches" and segments[1].isdigit():
         return _detail_region(int(segments[1]))
     query = parse_qs(parts.query)
-    status = (query.get("status") or [None])[0]
+    status: str | None = (query.get("status") or [None])[0]  # type: ignore[list-item]
     page = (query.get("page") or ["1"])[0]
     context = _table_context(
         int(page) if page.isdigit() and int(page) >= 1 else 1, status if status in STATUSES else None

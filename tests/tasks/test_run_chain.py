@@ -68,7 +68,7 @@ def test_a_run_ends_while_another_queue_change_holds_the_queue_lock_and_the_next
     running = api.batch(profile_ids, "sleep", seconds=0.3)
     behind = api.batch(profile_ids, "noop")
     with app.app_context(), db.engine.connect() as other_change:
-        other_change.execute(db.text("UPDATE queue_state SET version = version + 1"))  # the queue lock, held
+        other_change.execute(db.text("SELECT 1 FROM queue_state FOR UPDATE"))  # the queue lock, held
         wait_for(lambda: api.get(f"/batches/{running['id']}").get_json()["status"] == "done", timeout=10)
         assert api.get(f"/batches/{behind['id']}").get_json()["status"] == "queued"  # its promotion waits
         other_change.rollback()
