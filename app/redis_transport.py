@@ -9,12 +9,18 @@ that unrecoverable and the worker exits. Raised as the connection error it is,
 kombu and Celery handle it as one: the worker reconnects, the message stays in
 Redis's unacked set, and the run's lease, token and the recovery tasks decide
 what happens to the batch.
+Upstream: the same AttributeError from `_connparams` once the connection's
+details are gone is celery/kombu#582 (closed without a fix for this path); still
+so in kombu 5.7.0, which tests/workers/test_redis_transport.py checks, so that
+an upgrade that mends it fails that test and this override can go.
 
 The cost: kombu builds a new redis-py client for every publish, ack and
 unacked-message record (about 0.2 ms of Python each here, most of it copying
 redis-py's table of response callbacks), and a handoff between two batches
 takes about ten of them. A client is only a view on the channel's connection
 pool and is safe to share between threads, so each channel keeps one.
+No upstream issue found for this; the test beside the other shows that kombu
+5.7.0 still builds a client per use.
 """
 
 from __future__ import annotations

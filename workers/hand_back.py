@@ -10,6 +10,14 @@ is signalled (`kill PID`, Ctrl-C), it passes SIGTERM on to its pool processes,
 so the run hands back all the same. Outside runs, billiard's own handling
 applies. billiard sets a child's signals after the worker_process_init signal,
 so the handler is installed per run instead.
+
+Why Celery's own soft shutdown (5.5+, celery/celery#9213) is not enough: it
+waits a bounded time, then the cold shutdown kills the task wherever it is and
+puts its message back; a batch run has no "between items" for it, so an item is
+cut off and done again. SIGTERM reaching prefork children directly ends them
+mid-task (celery/celery#2700). tests/faults/test_worker_faults.py's SIGTERM tests
+fail without this module on the pinned Celery (items cut off and redone, or
+more items started after the signal).
 """
 
 from __future__ import annotations

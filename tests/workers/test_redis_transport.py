@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -38,3 +40,38 @@ def test_messages_published_and_acked_through_the_shared_client_arrive_once_in_o
                 queue.get(block=False)
         finally:
             queue.close()
+
+
+# The overrides must still be needed on the pinned kombu: each test below shows the stock
+# transport's behaviour that the override exists for, so a kombu upgrade that mends it fails
+# the test and says that the override can go.
+
+
+def _closed_channel(channel_class: type) -> Any:
+    """A channel whose connection has dropped its details, as kombu leaves it after losing Redis."""
+    channel = object.__new__(channel_class)  # no connection of its own: only _connparams is called
+    channel.connection = SimpleNamespace(client=None)
+    return channel
+
+
+def test_stock_kombu_still_fails_with_attribute_error_on_a_closed_connection_and_ours_raises_a_connection_error() -> (
+    None
+):
+    """celery/kombu#582: a requeue or late ack on a closed channel raised AttributeError, which ends the worker."""
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    with pytest.raises(AttributeError):  # Celery treats this as unrecoverable: the worker exits
+        _closed_channel(kombu_redis.Channel)._connparams()
+    with pytest.raises(redis.exceptions.ConnectionError):  # recoverable: the worker reconnects
+        _closed_channel(redis_transport.Channel)._connparams()
+
+
+def test_stock_kombu_still_builds_a_new_client_for_every_use(app: Flask) -> None:
+    from kombu.transport import redis as kombu_redis
+
+    with app.extensions["celery"].connection_for_write() as connection:
+        channel = connection.default_channel
+        stock_client = kombu_redis.Channel._create_client
+        assert stock_client(channel) is not stock_client(channel)  # what each publish and ack paid for
+        assert channel._create_client() is channel._create_client()
