@@ -132,19 +132,27 @@ class Batch(Model):
 
 _ranked = aliased(Batch.__table__)
 
+
+def queued_ahead(rank: Any, including: bool = False) -> Any:
+    """How many queued batches rank before `rank` (or at it too): the one definition of a queue position.
+
+    A queued batch's position is the count up to and including its own rank.
+    The column property below counts it per row; a list numbers its page by
+    counting ahead of the page's first queued batch once, then counting on
+    (app/services/batches.py).
+    """
+    bound = _ranked.c.queue_rank <= rank if including else _ranked.c.queue_rank < rank
+    return select(func.count()).where(bound)
+
+
 # 0 for the running batch, 1..n for the queued ones, NULL for the rest: one index
 # range count per queued row, loaded (and refreshed) with the row's columns.
-# Lists of many batches defer it and number their page instead
-# (app/services/batches.py), without this per-row count.
 Batch.queue_position = column_property(
     case(
         (Batch.status.in_([s.value for s in RUNNING_STATUSES]), literal(0)),
         (
             Batch.status == BatchStatus.QUEUED.value,
-            select(func.count())
-            .where(_ranked.c.queue_rank <= Batch.queue_rank)
-            .correlate(Batch.__table__)
-            .scalar_subquery(),
+            queued_ahead(Batch.queue_rank, including=True).correlate(Batch.__table__).scalar_subquery(),
         ),
         else_=null(),
     )

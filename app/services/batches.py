@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import case, func, select
+from sqlalchemy import case, select
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -15,6 +15,7 @@ from app import processors
 from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
+from app.models.batches import queued_ahead
 from app.services import storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import missing_profile_ids
@@ -100,7 +101,7 @@ def _number_positions(page: list[Batch]) -> None:
     queued = [batch for batch in page if batch.queue_rank is not None]
     first = 0
     if queued:
-        first = db.session.scalar(select(func.count()).where(Batch.queue_rank < queued[0].queue_rank)) or 0
+        first = db.session.scalar(queued_ahead(queued[0].queue_rank)) or 0
     for batch in page:
         position = None
         if batch.status in RUNNING_STATUSES:

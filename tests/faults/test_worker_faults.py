@@ -57,7 +57,11 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     assert [(item.attempts, item.finished_at) for item in items[:2]] == done_before  # not rerun
     assert [item.attempts for item in items] == [1, 1, 2, 1, 1, 1]  # the interrupted one resumed
     logs = log_lines(app, batch_id)
-    assert "run lost (no heartbeat); dispatching it again" in logs
+    # The new worker has another name: its round may already know the old one is gone, or see the heartbeat aged.
+    assert {
+        "run lost (no heartbeat); dispatching it again",
+        "run lost (its worker is gone); dispatching it again",
+    } & set(logs)
     assert any(line.startswith("run began") and line.endswith("(attempt 2)") for line in logs)
     assert violations(app) == []
 
