@@ -18,7 +18,8 @@ class QueueState(db.Model):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     paused_by: Mapped[str | None] = mapped_column(String(200))
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Bumped by every queue change; live pages use it to tell old news from new.
+    # A counter bumped by every queue change: the statement that takes the queue lock
+    # increments it (app/services/queue_manager.py). Nothing reads it.
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     # When a repair round (the reconciler) last ran, whichever process ran it.
     repaired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
