@@ -2,8 +2,8 @@
 
 from kombu import Queue
 
-# Batch runs get a queue of their own, so promotion and reconcile tasks never
-# wait behind a running batch.
+# Batch runs get a queue of their own, so the queue.* tasks (promotion, recovery,
+# a repair round on demand) never wait behind a running batch.
 task_queues = (Queue("batches"), Queue("control"))
 task_default_queue = "control"
 task_routes = {
@@ -33,7 +33,7 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 # long for a running batch, then cancels it and puts its message back at once, so
 # the restarted worker resumes the batch at its interrupted item. Plain SIGTERM
 # would wait for the whole batch, hours perhaps; honcho and most supervisors
-# kill after a few seconds, and the batch then waits for the heartbeat timeout.
+# kill after a few seconds, and the batch then waits for a repair round to find it lost.
 worker_soft_shutdown_timeout = 3.0
 
 # Measured from delivery and never refreshed: keep it above the longest batch we
@@ -42,7 +42,10 @@ _VISIBILITY_TIMEOUT = 6 * 3600
 broker_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 result_backend_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 
-# Batches are long; their time limits are declared on the tasks themselves.
+# batches.run has no time limit: a batch may take hours, and a task-wide limit would
+# kill it mid-item. Each item has its own instead (the batch's item_timeout, enforced
+# by the run's watcher, app/services/runs.py). The queue.* tasks are short and declare
+# theirs on the task (tasks/queue.py).
 result_expires = 24 * 3600
 task_ignore_result = True
 # A worker outlives any broker outage: it keeps reconnecting (with backoff) instead
@@ -55,9 +58,10 @@ worker_send_task_events = True
 task_send_sent_event = False
 task_track_started = False
 
-# The reconciler (queue.reconcile), the real guarantee that the queue moves if a
-# signal was lost or a worker died, runs on beat every RECONCILE_INTERVAL seconds:
-# its schedule is set in app/tasking.py from the settings. Handoffs don't wait for it.
+# The repair rounds (the reconciler), the real guarantee that the queue moves if a
+# signal was lost or a worker died, run every RECONCILE_INTERVAL seconds on timers
+# inside every worker and beat (workers/liveness.py), not as a scheduled task: beat
+# schedules nothing (app/tasking.py). Handoffs don't wait for them.
 
 timezone = "UTC"
 enable_utc = True

@@ -1,9 +1,9 @@
-"""gunicorn settings for the web process (PORT, BIND, WEB_WORKERS from the environment).
+"""gunicorn settings for the web process (BIND, PORT and WEB_* from the environment).
 
 Worker class: gevent. Every open page holds one Server-Sent Events stream for
 minutes; under gevent a stream is a greenlet waiting on a queue, so open
 streams can't starve ordinary requests the way they pin threads under gthread
-(../shared/LIVE-NOTES.md: 12 streams on 2x8 threads hung half the requests).
+(measured while choosing: 12 streams on 2x8 threads hung half the requests).
 psycopg 3 (>= 3.1.14) and redis-py cooperate with gevent's monkey-patching,
 which the worker applies before it loads the app. Each process still caps its
 streams (LIVE_MAX_STREAMS, answered with 503 so the page polls instead).

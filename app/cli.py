@@ -38,7 +38,7 @@ def create_user(name: str, password: str) -> None:
 
 @queue_cli.command("reconcile")
 def reconcile() -> None:
-    """Run one round of the reconciler now (beat runs it every RECONCILE_INTERVAL seconds)."""
+    """Run one repair round now (every worker and beat runs one every RECONCILE_INTERVAL seconds)."""
     config = current_app.config
     promoted = queue_manager.recover_lost_run(
         heartbeat_timeout=config["BATCH_HEARTBEAT_TIMEOUT"],

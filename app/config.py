@@ -1,4 +1,11 @@
-"""Settings read once from the environment; nothing else in the project reads os.environ."""
+"""The service's settings, read once from the environment.
+
+Within app/, only this module and app/embedded (the servers `make run` starts,
+Flower's credentials) read os.environ. Outside it, gunicorn.conf.py reads the
+web server's own variables (BIND, PORT, WEB_*), bench/ the servers it measures
+and CHROMIUM_PATH, and the tests their own (TEST_DATABASE_URL and TEST_REDIS_URL
+among them).
+"""
 
 from __future__ import annotations
 

@@ -21,8 +21,10 @@ The worker's and beat's logs are kept in a temporary directory named at the end.
       process group (os.killpg: main process and pool children at once; T_death
       is taken right after the call) and at once starts a new worker, as a
       supervisor restarting the service would. Nothing tells the queue: a
-      repair round (the timer in beat and in every worker) re-dispatches A once no process holds
-      its lease and its heartbeat is older than BATCH_HEARTBEAT_TIMEOUT. Measured
+      repair round (the timer in beat and in every worker) re-dispatches A once no
+      process holds its lease and its worker is known gone (its liveness record three
+      heartbeats late, or a worker of the same name started since, as the new one
+      is), else once its heartbeat is older than BATCH_HEARTBEAT_TIMEOUT. Measured
       from T_death: the new worker ready (the "ready." line of its log), the
       "run lost ..." line, A's "run began ..." line after T_death (the run resumed),
       the first of A's items started after T_death, and B's started_at. Also shown:

@@ -1,8 +1,10 @@
-"""Keep the periodic reconciler out of the worker's INFO log.
+"""Keep the reconciler task out of the worker's INFO log.
 
-Beat sends queue.reconcile every few seconds; Celery logs each one's receipt
-and success at INFO, burying the lines operators read (runs and promotions).
-Its warnings and errors, and everything about other tasks, still show.
+The repair rounds run on timers inside every worker and beat (workers/liveness.py),
+not as tasks; queue.reconcile is sent only on demand (a script, a test). Celery
+logs each one's receipt and success at INFO: sent often, they would bury the
+lines operators read (runs and promotions). Its warnings and errors, and
+everything about other tasks, still show.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Celery runs these in the pool child (or, for a killed child, the main process),
 outside any app context, and swallows their exceptions; they may also fire
-twice or not at all. So they do no database work and only publish the
-promotion task, which is idempotent; the periodic reconciler covers the rest.
+twice or not at all. So they do no database work and only publish a task:
+queue.promote_next after a run returned, queue.recover_run after it raised or
+its process died (the recovery promotes too). Both are idempotent; the repair
+rounds every worker and beat run on timers (workers/liveness.py) cover the rest.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The service's own processes (workers and beats) as they last said they were alive.
 
-Each process writes its row every few seconds from a thread of its own and
+Each process writes its row every second from a thread of its own and
 deletes it when it stops gracefully; a killed process's row simply ages. Kept
 in PostgreSQL rather than Redis because its readers (the health check, the
 pages' banner and the waiting reasons) read it in the same snapshot as the
