@@ -117,7 +117,7 @@ class Batch(Model):
     if TYPE_CHECKING:  # mapped below, once the class exists: the count refers to the table itself
         queue_position: Mapped[int | None]
     # Seconds one item may run before it fails as timed out (fixed when the batch is created).
-    item_timeout: Mapped[float] = mapped_column(Float, default=3600.0)
+    item_timeout: Mapped[float] = mapped_column(Float, default=3600.0, server_default=text("3600"))
     # The worker (Celery node name) whose run last claimed the batch.
     worker_name: Mapped[str | None] = mapped_column(String(255))
     # When the reconciler or a recovery last found the run gone and dispatched it again;
