@@ -47,7 +47,7 @@ def test_redis_stopped_for_three_seconds_mid_batch_the_batch_and_the_next_one_st
 
         own_redis.stop()
         assert _health(web) == 503  # degraded, not crashed
-        time.sleep(3)
+        time.sleep(3)  # the length of the outage, the subject of the test: not a synchronization
         own_redis.start()
 
         wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
