@@ -72,7 +72,7 @@ def test_a_promotion_purged_from_the_broker_is_made_good_by_beats_repair_round(
     behind = enqueue(app, profile_ids, "noop")
     wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
     broker = redis.Redis.from_url(prefork_worker.redis_url)
-    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=5)  # the promotion is there
+    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=15)  # the promotion is there
     broker.delete(f"{prefork_worker.prefix}control")  # ... and lost
 
     wait_for(lambda: batch_status(app, behind) == "done", timeout=15)  # beat's next round promoted it
