@@ -15,7 +15,7 @@ from app.config import Settings
 from app.services import dispatch
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import RedisServer, WorkerProcess
-from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, violations
+from tests.faults.helpers import batch_row, batch_status, enqueue, enqueue_one_running_one_behind, item_rows, violations
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 
@@ -68,8 +68,7 @@ def test_a_promotion_purged_from_the_broker_is_made_good_by_beats_repair_round(
     prefork_worker.start(queues="batches")
     prefork_worker.start_beat(interval=1.0)
     profile_ids = api.profiles(2)
-    batch_id = enqueue(app, profile_ids, "noop")
-    behind = enqueue(app, profile_ids, "noop")
+    batch_id, behind = enqueue_one_running_one_behind(app, profile_ids)
     wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
     broker = redis.Redis.from_url(prefork_worker.redis_url)
     wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=15)  # the promotion is there

@@ -15,7 +15,16 @@ from app.services import liveness
 from app.services.health import NO_WORKER, read_health
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import WorkerProcess
-from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, lease_free, log_lines, violations
+from tests.faults.helpers import (
+    batch_row,
+    batch_status,
+    enqueue,
+    enqueue_one_running_one_behind,
+    item_rows,
+    lease_free,
+    log_lines,
+    violations,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 
@@ -69,8 +78,7 @@ def test_with_beat_killed_health_says_beat_missing_and_the_workers_still_repair_
     assert status == 200 and prefork_worker.hostname in body["workers"]  # a missing beat alone is no fault
 
     profile_ids = api.profiles(2)
-    first = enqueue(app, profile_ids, "noop")
-    behind = enqueue(app, profile_ids, "noop")
+    first, behind = enqueue_one_running_one_behind(app, profile_ids)
     wait_for(lambda: batch_status(app, first) == "done", timeout=15)
     broker = redis.Redis.from_url(prefork_worker.redis_url)
     wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=15)  # the promotion is there
