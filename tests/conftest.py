@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from marshmallow import Schema, fields
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings, normalize_database_url
 from app.extensions import db
+from app.processors import ItemFailed, ProfileData, RunContext, registry
 from app.services import accounts
 
 SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -132,6 +135,7 @@ def celery_worker(app: Flask) -> Iterator[Any]:
 
     celery = app.extensions["celery"]
     celery.loader.import_module("celery.contrib.testing.tasks")
+    sent_tasks.install(celery)
     with start_worker(
         celery,
         pool="threads",
@@ -229,13 +233,18 @@ def clean(app: Flask) -> Iterator[None]:
 
 
 def _settle_runs() -> None:
-    """Stop the running batch, if any, and wait until no run holds a lease."""
+    """Stop the running batch, if any, and wait until no run holds a lease and every task sent has run.
+
+    A promotion chained onto an earlier test's last run would otherwise run in
+    the next test, and start a batch that test means to keep queued.
+    """
     from app.services.queue_manager import queue_manager
 
     running = queue_manager.get_running_batch()
     if running is not None and running.status == "in_progress":
         queue_manager.stop(running.id, "teardown")
     wait_for(lambda: not held_leases(), timeout=15)
+    sent_tasks.wait_until_run(timeout=30)
 
 
 @pytest.fixture
@@ -311,6 +320,115 @@ def assert_queue_consistent(app: Flask) -> None:
 @pytest.fixture
 def api(app: Flask, token: str) -> ApiClient:
     return ApiClient(app.test_client(), token)
+
+
+class SentTasks:
+    """The tasks this session's Celery app sent, and how many of them the in-process worker has run.
+
+    The positive signal behind "nothing happened" checks: once every promotion
+    sent so far has run (the one a run's end chains included), whatever it could
+    have changed has changed, and the check that follows can fail.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: Counter[str] = Counter()
+        self._ran: Counter[str] = Counter()
+        self._names: dict[str, str] = {}
+        self._installed = False
+
+    def install(self, celery: Any) -> None:
+        """Count every send of `celery` (tasks' own sends go through it too) and every task run in this process."""
+        if self._installed:
+            return
+        from celery.signals import task_postrun
+
+        send_task = celery.send_task
+
+        def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            result = send_task(name, *args, **kwargs)
+            with self._lock:
+                self._sent[result.id] += 1
+                self._names[result.id] = name
+            return result
+
+        celery.send_task = counted
+        task_postrun.connect(self._postrun, weak=False)
+        self._installed = True
+
+    def _postrun(self, task_id: str | None = None, **_: Any) -> None:
+        if task_id is not None:
+            with self._lock:
+                self._ran[task_id] += 1
+
+    def pending(self, *names: str) -> list[str]:
+        """The sends (of these task names, or any) that have not run yet, as name[id]."""
+        with self._lock:
+            return [
+                f"{self._names[task_id]}[{task_id}]"
+                for task_id, count in self._sent.items()
+                if self._ran[task_id] < count and (not names or self._names[task_id] in names)
+            ]
+
+    def wait_until_run(self, *names: str, timeout: float = 15.0) -> None:
+        """Wait until every task sent so far (of these names, or any) has run; a no-op without a worker.
+
+        A run's task chains its promotion (workers/signals.py) before its own
+        postrun is counted, so once nothing at all is pending, the promotions
+        of every run that has ended have run too.
+        """
+        if not self._installed:
+            return
+        try:
+            wait_for(lambda: not self.pending(*names), timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"still not run after {timeout}s: {self.pending(*names)}") from None
+
+
+# Installed on the session's Celery app when the in-process worker starts.
+sent_tasks = SentTasks()
+
+
+class Gate:
+    """A processor that holds items until the test opens the gate, whatever stop or time limit comes.
+
+    A run under it lasts exactly as long as the test needs, however slow the
+    machine: no sleep has to outlast the test's next few requests. It holds
+    every item, or only those of the profiles named in `hold`.
+    """
+
+    name = "gate"
+    description = "Holds each item (or those of the profiles in hold) until the test opens the gate; then succeeds."
+
+    class schema(Schema):  # noqa: N801  (the Processor protocol names it `schema`)
+        hold = fields.List(fields.String(), load_default=None)
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        hold = parameters.get("hold")
+        if (hold is None or profile.name in hold) and not self.opened.wait(120):
+            raise ItemFailed("the test never opened the gate")
+        return {"profile": profile.name}
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """Register the gate processor for this test (the in-process worker shares the registry); opened at the end.
+
+    Registered on a monkeypatch of its own: a test's `monkeypatch.undo()` leaves it in place.
+    """
+    processor = Gate()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry._processors, Gate.name, processor)
+        try:
+            yield processor
+        finally:
+            processor.open()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:

@@ -91,7 +91,7 @@ def sign_in(page: object, base_url: str, username: str = "alice") -> None:
 def page(browser: object, live_server: LiveServer, user: str) -> Iterator[object]:
     """A fresh tab at 1280 px, signed in as alice."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)  # type: ignore[attr-defined]
-    context.set_default_timeout(5000)
+    context.set_default_timeout(15000)  # room for a loaded machine: waits that pass end at once
     tab = context.new_page()
     sign_in(tab, live_server.url)
     try:

@@ -23,8 +23,11 @@ from tests.browser.conftest import LiveServer, sign_in
 from tests.browser.test_table import open_table, row
 from tests.views.conftest import Factory
 
-# The promise (5 s from the cause) and a margin for the page's re-fetch.
-BANNER_MS = 5000 + 700
+# The promise is 5 s from the cause; that the periods behind it add up is checked in
+# tests/views/test_health_banner.py. Here Chromium, the server and its health watch share a loaded
+# machine, so the page gets three times that. What it shows, it can only have learnt by itself: a
+# dead worker publishes nothing, and a page on its stream never polls (each test checks it still is).
+BANNER_MS = 15000
 NO_WORKER = "No worker is running"
 # India has no daylight saving: +05:30 all year, never the UTC reading.
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
@@ -86,7 +89,7 @@ def history(app: Flask, make: Factory, seconds: float, items: int) -> None:
 def test_table_banner_and_waiting_reason_follow_the_workers_heartbeat(
     page: Page, app: Flask, live_worker: Any, restart: Callable[[Any], Any]
 ) -> None:
-    """The worker leaves: the open table says so by itself, and says nothing again once it is back."""
+    """The worker leaves: the open table says so by itself (within BANNER_MS), and nothing once it is back."""
     make = Factory(app)
     repairs_on_time(app)
     running = make.batch("in_progress", 0)
@@ -113,7 +116,8 @@ def test_table_banner_and_waiting_reason_follow_the_workers_heartbeat(
 def test_batch_page_banner_follows_a_killed_workers_heartbeat(
     page: Page, app: Flask, live_worker: Any, restart: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A killed worker removes nothing: its record ages out, and the batch page still says so within 5 s."""
+    """A killed worker removes nothing: its record ages out, and the batch page still says so by itself
+    (within BANNER_MS; 5 s is the promise)."""
     make = Factory(app)
     repairs_on_time(app)
     make.batch("in_progress", 0)
@@ -135,6 +139,7 @@ def test_batch_page_banner_follows_a_killed_workers_heartbeat(
     deadline = time.monotonic() + BANNER_MS / 1000
     expect(banner).to_have_text("", timeout=BANNER_MS)
     expect(reason).to_contain_text("waiting for batch", timeout=ms_until(deadline))
+    assert page.locator("body").get_attribute("data-live") == "sse"  # the stream did it, not polling
 
 
 @pytest.fixture
@@ -146,7 +151,7 @@ def kolkata_page(browser: Browser, live_server: LiveServer, user: str) -> Iterat
         timezone_id="Asia/Kolkata",
         locale="en-GB",
     )
-    context.set_default_timeout(5000)
+    context.set_default_timeout(15000)  # room for a loaded machine: waits that pass end at once
     tab = context.new_page()
     sign_in(tab, live_server.url)
     try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.embedded.processes import adopt, clear_stale_pid_file, pid_alive
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -20,9 +20,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     # Popen returns while exec may still be finishing: wait until /proc shows the new command line,
     # as it always does for the long-running server a stale pid file points at.
     cmdline = Path(f"/proc/{proc.pid}/cmdline")
-    deadline = time.monotonic() + 5
-    while not cmdline.read_bytes().startswith(b"sleep") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: cmdline.read_bytes().startswith(b"sleep"), timeout=15, interval=0.01)
     yield proc
     proc.kill()
     proc.wait()

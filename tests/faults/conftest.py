@@ -112,7 +112,7 @@ class WorkerProcess:
         self.name = name.replace("%h", "")
         self.hostname = name.replace("%h", socket.gethostname())
         if wait:
-            wait_for(lambda: self._answers(self.name), timeout=20, interval=0.1)
+            wait_for(lambda: self._answers(self.name), timeout=60, interval=0.1)  # a loaded machine starts slowly
 
     def start_beat(self, interval: float = 1.0) -> None:
         """Celery beat on the same keys, running a repair round every `interval` seconds."""
@@ -181,7 +181,7 @@ class WorkerProcess:
                 None,
             )
 
-        return wait_for(find, timeout=10, interval=0.1)
+        return wait_for(find, timeout=30, interval=0.1)
 
     def log(self) -> str:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))

@@ -100,3 +100,17 @@ def enqueue(app: Flask, profile_ids: list[int], processor: str, item_timeout: fl
             )
         )
         return batch.id
+
+
+def enqueue_one_running_one_behind(app: Flask, profile_ids: list[int], processor: str = "noop") -> tuple[int, int]:
+    """Two batches, the second surely queued behind the running first, however quick the first is.
+
+    Both are enqueued while the queue is paused, then Start promotes the first. Enqueued one after
+    the other instead, the first can be done before the second comes, which then starts by itself.
+    """
+    run_sql(app, "UPDATE queue_state SET paused = true, paused_by = 'test', paused_at = now()")
+    first, behind = enqueue(app, profile_ids, processor), enqueue(app, profile_ids, processor)
+    with app.app_context():
+        assert queue_manager.start("test").running.id == first  # type: ignore[union-attr]
+    assert batch_status(app, behind) == "queued"
+    return first, behind

@@ -1,4 +1,5 @@
-"""Processors that never look at the stop, for the hard-stop fallbacks (PROCESSOR_MODULES=tests.faults.stubborn)."""
+"""Processors that never look at the stop, for the hard-stop fallbacks and killed workers
+(PROCESSOR_MODULES=tests.faults.stubborn)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from marshmallow import Schema, fields
 
 from app.processors.base import ProfileData, RunContext
 from app.processors.registry import register
+from app.services import runs
 
 
 class StubbornParameters(Schema):
@@ -28,18 +30,49 @@ class Stubborn:
 
 class HangParameters(Schema):
     hang_profiles = fields.List(fields.String(), load_default=list)
+    first_attempt_only = fields.Boolean(load_default=False)
 
 
 class Hang:
+    """Blocks for good on the profiles in `hang_profiles` (with `first_attempt_only`, only on an item's first
+    attempt: a test kills the process under it, and the run dispatched again gets through)."""
+
     name = "hang"
     description = "Blocks for good on the profiles in `hang_profiles`, ignoring stops and time limits."
     schema = HangParameters
 
     def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
-        if profile.name in parameters["hang_profiles"]:
+        if profile.name in parameters["hang_profiles"] and (
+            not parameters.get("first_attempt_only") or ctx.item.attempt == 1
+        ):
             threading.Event().wait()  # nobody sets it
+        return {"profile": profile.name}
+
+
+class UntilShutdownParameters(Schema):
+    hold_profiles = fields.List(fields.String(), load_default=list)
+
+
+class UntilShutdown:
+    """Holds the items of `hold_profiles` until its worker is asked to shut down, then succeeds.
+
+    An item surely under way when the test signals the worker, however slow the machine.
+    """
+
+    name = "until_shutdown"
+    description = "Holds the profiles in `hold_profiles` until the worker shuts down (at most a minute)."
+    schema = UntilShutdownParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if profile.name in parameters["hold_profiles"]:
+            # Looked at, not waited on: the flag is set by a signal handler running in this very
+            # thread, and Event.wait holds the lock that the handler's Event.set would need.
+            deadline = time.monotonic() + 60
+            while not runs.shutdown_requested.is_set() and time.monotonic() < deadline:
+                time.sleep(0.02)
         return {"profile": profile.name}
 
 
 register(Stubborn())
 register(Hang())
+register(UntilShutdown())

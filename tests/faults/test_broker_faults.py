@@ -15,7 +15,7 @@ from app.config import Settings
 from app.services import dispatch
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import RedisServer, WorkerProcess
-from tests.faults.helpers import batch_row, batch_status, enqueue, item_rows, violations
+from tests.faults.helpers import batch_row, batch_status, enqueue, enqueue_one_running_one_behind, item_rows, violations
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 
@@ -47,7 +47,7 @@ def test_redis_stopped_for_three_seconds_mid_batch_the_batch_and_the_next_one_st
 
         own_redis.stop()
         assert _health(web) == 503  # degraded, not crashed
-        time.sleep(3)
+        time.sleep(3)  # the length of the outage, the subject of the test: not a synchronization
         own_redis.start()
 
         wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
@@ -68,11 +68,10 @@ def test_a_promotion_purged_from_the_broker_is_made_good_by_beats_repair_round(
     prefork_worker.start(queues="batches")
     prefork_worker.start_beat(interval=1.0)
     profile_ids = api.profiles(2)
-    batch_id = enqueue(app, profile_ids, "noop")
-    behind = enqueue(app, profile_ids, "noop")
+    batch_id, behind = enqueue_one_running_one_behind(app, profile_ids)
     wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
     broker = redis.Redis.from_url(prefork_worker.redis_url)
-    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=5)  # the promotion is there
+    wait_for(lambda: broker.llen(f"{prefork_worker.prefix}control"), timeout=15)  # the promotion is there
     broker.delete(f"{prefork_worker.prefix}control")  # ... and lost
 
     wait_for(lambda: batch_status(app, behind) == "done", timeout=15)  # beat's next round promoted it

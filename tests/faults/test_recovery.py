@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,9 +13,10 @@ from flask import Flask
 from sqlalchemy import Connection
 
 from app.extensions import db
+from app.models._types import utcnow
 from app.services import dispatch, leases
 from app.services.queue_manager import MAX_RUN_ATTEMPTS, LeaseStillHeld, queue_manager
-from tests.conftest import ApiClient, run_in_threads, wait_for
+from tests.conftest import ApiClient, Gate, run_in_threads, sent_tasks, wait_for
 from tests.faults.helpers import (
     age_heartbeat,
     batch_row,
@@ -74,18 +74,21 @@ def lease(app: Flask) -> Iterator[Any]:
 
 
 def test_run_delivered_twice_while_running_returns_duplicate_and_runs_each_item_once(
-    api: ApiClient, app: Flask, celery_worker: Any
+    api: ApiClient, app: Flask, celery_worker: Any, gate: Gate
 ) -> None:
     profile_ids = api.profiles(4)
-    batch = api.batch(profile_ids, "sleep", seconds=0.25)
+    batch = api.batch(profile_ids, gate.name)  # running until the gate opens
     behind = api.batch(profile_ids[:1], "noop", name="behind")
-    wait_for(lambda: item_rows(app, batch["id"])[0].status == "running", timeout=5)
+    wait_for(lambda: item_rows(app, batch["id"])[0].status == "running", timeout=15)
     token = batch_row(app, batch["id"]).dispatch_token
 
     assert send_and_wait(app, "batches.run", batch["id"], token, task_id=token) == "duplicate"
-    assert batch_status(app, behind["id"]) == "queued"  # the duplicate's end promoted nothing
+    # The duplicate's end chains a promotion too: once it has run, it has promoted nothing.
+    sent_tasks.wait_until_run("queue.promote_next")
+    assert batch_status(app, behind["id"]) == "queued"
 
-    wait_for(lambda: batch_status(app, behind["id"]) == "done", timeout=10)
+    gate.open()
+    wait_for(lambda: batch_status(app, behind["id"]) == "done", timeout=15)
     row = batch_row(app, batch["id"])
     assert (row.status, row.run_attempts, row.succeeded_items) == ("done", 1, 4)
     assert [item.attempts for item in item_rows(app, batch["id"])] == [1, 1, 1, 1]
@@ -122,21 +125,27 @@ def test_run_with_a_stale_token_returns_stale_and_writes_nothing(
 
 
 def test_run_replaced_during_its_last_item_writes_neither_that_item_nor_the_end(
-    api: ApiClient, app: Flask, celery_worker: Any, unsent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+    api: ApiClient,
+    app: Flask,
+    celery_worker: Any,
+    unsent: list[tuple[int, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    gate: Gate,
 ) -> None:
     # The last item's outcome is written with the batch's end: both must be fenced together.
     profile_ids = api.profiles(2)
-    batch = api.batch(profile_ids, "sleep", seconds=0.6)
+    batch = api.batch(profile_ids, gate.name, hold=["p-1"])  # the last item holds until the gate opens
     [(_, token)] = unsent
     monkeypatch.undo()
     outcome: list[Any] = []
     runner = threading.Thread(
-        target=lambda: outcome.append(send_and_wait(app, "batches.run", batch["id"], token, task_id=token))
+        target=lambda: outcome.append(send_and_wait(app, "batches.run", batch["id"], token, task_id=token, timeout=30))
     )
     runner.start()
-    wait_for(lambda: item_rows(app, batch["id"])[1].status == "running", timeout=5)
+    wait_for(lambda: item_rows(app, batch["id"])[1].status == "running", timeout=15)
     run_sql(app, "UPDATE batches SET dispatch_token = 'newer' WHERE id = :id", id=batch["id"])  # as a re-dispatch would
-    runner.join(timeout=10)
+    gate.open()
+    runner.join(timeout=30)
     assert outcome == ["fenced"]
     row = batch_row(app, batch["id"])
     assert (row.status, row.succeeded_items, row.finished_at) == ("in_progress", 1, None)
@@ -282,14 +291,16 @@ def test_stopping_batch_is_stopped_by_the_first_round_after_the_grace_fallback_e
     with app.app_context():
         queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30)  # within the grace: wait
         assert revoked == []
-        time.sleep(0.05)
+    stop_requested_at = batch_row(app, batch["id"]).stop_requested_at
+    wait_for(lambda: (utcnow() - stop_requested_at).total_seconds() > 0.01)  # the stop is older than the grace
+    with app.app_context():
         queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=0.01)  # past it: hard stop
     assert revoked == [token]
     assert batch_status(app, batch["id"]) == "stopping"
     assert any("terminating its process" in line for line in log_lines(app, batch["id"]))
 
     run.invalidate()  # the run's process is gone, its lease with it
-    wait_for(lambda: lease_free(app, batch["id"]), timeout=2)
+    wait_for(lambda: lease_free(app, batch["id"]), timeout=15)
     # Its heartbeat is still fresh: nothing is left to wait for all the same.
     assert send_and_wait(app, "queue.reconcile") is None  # stopped; paused, so nothing is promoted
     row = batch_row(app, batch["id"])
@@ -335,27 +346,29 @@ def test_promotion_task_does_nothing_when_nothing_is_queued_or_while_paused(
     behind = api.batch(profile_ids, "noop", name="behind")
     assert send_and_wait(app, "queue.promote_next") is None  # the slot is taken
     assert api.post(f"/batches/{batch['id']}/stop").status_code == 200
-    wait_for(lambda: batch_status(app, batch["id"]) == "stopped", timeout=3)
+    wait_for(lambda: batch_status(app, batch["id"]) == "stopped", timeout=15)
     for _ in range(2):
         assert send_and_wait(app, "queue.promote_next") is None  # paused
+    sent_tasks.wait_until_run()  # the promotion the stopped run's end chained, too
     assert (batch_row(app, behind["id"]).status, batch_row(app, behind["id"]).queue_position) == ("queued", 1)
     assert batch_row(app, behind["id"]).started_at is None
     assert violations(app) == []
 
 
 def test_reconciler_promotes_the_head_when_the_promotion_signal_is_lost(
-    api: ApiClient, app: Flask, celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+    api: ApiClient, app: Flask, celery_worker: Any, monkeypatch: pytest.MonkeyPatch, gate: Gate
 ) -> None:
     import workers.signals
 
     lost: list[str] = []
     monkeypatch.setattr(workers.signals, "_publish", lambda sender, name, args=None: lost.append(name))
     profile_ids = api.profiles(2)
-    batch = api.batch(profile_ids, "sleep", seconds=0.1)
+    batch = api.batch(profile_ids, gate.name)
     behind = api.batch(profile_ids, "noop", name="behind")
-    wait_for(lambda: lost, timeout=10)  # the run ended; its promotion went nowhere
+    gate.open()
+    wait_for(lambda: lost, timeout=15)  # the run ended; its promotion went nowhere
+    sent_tasks.wait_until_run()  # its task has returned: nothing else is on its way to promote `behind`
     assert batch_status(app, batch["id"]) == "done"
-    time.sleep(0.3)
     assert (batch_status(app, behind["id"]), batch_row(app, behind["id"]).queue_position) == ("queued", 1)
 
     assert send_and_wait(app, "queue.reconcile") == behind["id"]
@@ -412,7 +425,7 @@ def test_failure_recovery_leaves_a_run_alone_when_its_lease_is_held_or_its_token
         queue_manager.recover_dead_run(batch["id"], token)  # held: its process is dying, ask again shortly
     assert batch_row(app, batch["id"]).dispatch_token == token
     held.invalidate()
-    wait_for(lambda: lease_free(app, batch["id"]), timeout=2)
+    wait_for(lambda: lease_free(app, batch["id"]), timeout=15)
     with app.app_context():
         assert queue_manager.recover_dead_run(batch["id"], "an-older-token") is None  # not this dispatch
     assert len(unsent) == 1 and batch_row(app, batch["id"]).dispatch_token == token

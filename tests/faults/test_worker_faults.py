@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from celery import Celery
 from flask import Flask
 
+from app.models._types import utcnow
 from app.services.queue_manager import queue_manager
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import WorkerProcess
@@ -35,16 +35,17 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     sender: Celery = prefork_worker.sender
     prefork_worker.start()
     profile_ids = api.profiles(6)
-    batch_id = enqueue(app, profile_ids, "sleep", seconds=0.4)
+    # Item 3 holds its first attempt until the worker dies: killed surely mid-item, however slow the machine.
+    batch_id = enqueue(app, profile_ids, "hang", hang_profiles=["p-2"], first_attempt_only=True)
     wait_for(lambda: item_rows(app, batch_id)[2].status == "running", timeout=15)
     done_before = [(item.attempts, item.finished_at) for item in item_rows(app, batch_id)[:2]]
     first_token = batch_row(app, batch_id).dispatch_token
 
     prefork_worker.kill()
-    wait_for(lambda: lease_free(app, batch_id), timeout=3)  # the dead run's lease went with it
+    wait_for(lambda: lease_free(app, batch_id), timeout=15)  # the dead run's lease went with it
     assert batch_status(app, batch_id) == "in_progress"
     prefork_worker.start()
-    wait_for(lambda: heartbeat_older_than(app, batch_id, 2.2), timeout=5)
+    wait_for(lambda: heartbeat_older_than(app, batch_id, 2.2), timeout=15)
 
     reconciled = sender.send_task(
         "queue.reconcile", queue="control", ignore_result=False
@@ -67,14 +68,19 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
 
     # The same worker, a processor that ignores the stop: the reconciler's hard stop ends it.
     stubborn = enqueue(app, profile_ids[:2], "stubborn", seconds=30)
-    wait_for(lambda: item_rows(app, stubborn)[0].status == "running", timeout=10)
+    wait_for(lambda: item_rows(app, stubborn)[0].status == "running", timeout=15)
     assert api.post(f"/batches/{stubborn}/stop").get_json()["status"] == "stopping"
-    time.sleep(0.5)
-    assert batch_status(app, stubborn) == "stopping"  # it did not notice
+    # The run's watcher writes a heartbeat and then looks for a stop, every second here: a heartbeat
+    # a second past the stop means it saw the stop a round ago. A processor that looks would have
+    # let go by then; this one did not notice.
+    stop_requested_at = batch_row(app, stubborn).stop_requested_at
+    wait_for(lambda: (batch_row(app, stubborn).heartbeat_at - stop_requested_at).total_seconds() > 1.0, timeout=15)
+    assert batch_status(app, stubborn) == "stopping"
+    wait_for(lambda: (utcnow() - stop_requested_at).total_seconds() > 0.3)  # the stop is older than the grace
     with app.app_context():
         queue_manager.recover_lost_run(heartbeat_timeout=2, stop_grace=0.3)
-    wait_for(lambda: lease_free(app, stubborn), timeout=5)  # its process was terminated
-    wait_for(lambda: heartbeat_older_than(app, stubborn, 2.2), timeout=5)
+    wait_for(lambda: lease_free(app, stubborn), timeout=15)  # its process was terminated
+    wait_for(lambda: heartbeat_older_than(app, stubborn, 2.2), timeout=15)
     assert sender.send_task("queue.reconcile", queue="control", ignore_result=False).get(timeout=10) is None
     assert batch_status(app, stubborn) == "stopped"
     assert [(item.status, item.attempts) for item in item_rows(app, stubborn)] == [("pending", 1), ("pending", 0)]
@@ -90,7 +96,8 @@ def test_sigterm_to_the_worker_lets_the_item_finish_and_the_batch_resumes_after_
 ) -> None:
     prefork_worker.start()
     profile_ids = api.profiles(4)
-    batch_id = enqueue(app, profile_ids, "sleep", seconds=1.5)
+    # Item 2 is under way until the SIGTERM reaches its pool process, then finishes.
+    batch_id = enqueue(app, profile_ids, "until_shutdown", hold_profiles=["p-1"])
     behind = enqueue(app, profile_ids[:1], "noop")
     wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
     token = batch_row(app, batch_id).dispatch_token
@@ -106,7 +113,7 @@ def test_sigterm_to_the_worker_lets_the_item_finish_and_the_batch_resumes_after_
     assert any("handed back" in line for line in log_lines(app, batch_id))
 
     prefork_worker.start()  # no reconciler runs here: the handed-back message alone resumes it
-    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
     row = batch_row(app, batch_id)
     assert (row.status, row.dispatch_token, row.run_attempts) == ("done", token, 2)
     assert [item.attempts for item in item_rows(app, batch_id)] == [1, 1, 1, 1]  # nothing ran twice
@@ -119,16 +126,16 @@ def test_pool_child_killed_mid_batch_is_dispatched_again_at_once_without_waiting
     prefork_worker.env["BATCH_HEARTBEAT_TIMEOUT"] = "600"  # recovery must not come from the heartbeat
     prefork_worker.start()
     profile_ids = api.profiles(4)
-    batch_id = enqueue(app, profile_ids, "sleep", seconds=0.6)
+    # Item 2 holds its first attempt until its pool process is killed; the run dispatched again gets through.
+    batch_id = enqueue(app, profile_ids, "hang", hang_profiles=["p-1"], first_attempt_only=True)
     behind = enqueue(app, profile_ids[:1], "noop")
-    wait_for(lambda: item_rows(app, batch_id)[0].status == "running", timeout=15)
+    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
     first_token = batch_row(app, batch_id).dispatch_token
     child = prefork_worker.pool_child_running(first_token)
-    wait_for(lambda: item_rows(app, batch_id)[1].status == "running", timeout=15)
 
     os.kill(child, signal.SIGKILL)
     finished = [(item.id, item.finished_at) for item in item_rows(app, batch_id) if item.status == "succeeded"]
-    wait_for(lambda: batch_status(app, behind) == "done", timeout=15)
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
     row = batch_row(app, batch_id)
     assert (row.status, row.run_attempts) == ("done", 2) and row.dispatch_token != first_token
     items = item_rows(app, batch_id)
@@ -161,7 +168,7 @@ def test_a_processor_that_ignores_its_time_limit_has_its_pool_process_ended_and_
     child = prefork_worker.pool_child_running(first_token)
 
     # One second of limit and three of grace, then the watcher restarts the run and ends its process.
-    wait_for(lambda: batch_status(app, behind) == "done", timeout=20)
+    wait_for(lambda: batch_status(app, behind) == "done", timeout=30)
     row = batch_row(app, batch_id)
     assert (row.status, row.error, row.failed_items, row.succeeded_items) == ("failed", "1 of 3 items failed", 1, 2)
     # A deliberate restart, not a lost run: the second run's claim counts as the first attempt again.
@@ -169,8 +176,9 @@ def test_a_processor_that_ignores_its_time_limit_has_its_pool_process_ended_and_
     items = item_rows(app, batch_id)
     assert [(item.status, item.attempts) for item in items] == [("succeeded", 1), ("failed", 1), ("succeeded", 1)]
     assert items[1].error == "timed out after 1 s (the processor ignored the limit; its process was ended)"
-    assert 4 <= (items[1].finished_at - items[1].started_at).total_seconds() < 8
-    wait_for(lambda: _process_ended(child), timeout=5)
+    # Not before the limit and its grace; well before the heartbeat timeout (600 s), whatever the load.
+    assert 4 <= (items[1].finished_at - items[1].started_at).total_seconds() < 30
+    wait_for(lambda: _process_ended(child), timeout=15)
     assert prefork_worker.process is not None and prefork_worker.process.poll() is None  # the worker lives on
     assert "ending its pool process" in prefork_worker.log()
     logs = log_lines(app, batch_id)

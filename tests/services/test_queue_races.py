@@ -19,6 +19,7 @@ from tests.conftest import (
     insert_profiles,
     queue_violations,
     run_in_threads,
+    sent_tasks,
     wait_for,
 )
 
@@ -46,10 +47,15 @@ def _pause(app: Flask) -> None:
 
 
 def _stop_running(api: ApiClient) -> None:
+    """Stop the running batch and wait for its run's end, and for the promotion that end chains.
+
+    A promotion still on its way would otherwise meet the next round's un-paused queue and start its head.
+    """
     running = api.get("/queue").get_json()["running"]
     if running is not None:
         assert api.post(f"/batches/{running['id']}/stop").status_code == 200
-        wait_for(lambda: api.get("/queue").get_json()["running"] is None, timeout=3)
+        wait_for(lambda: api.get("/queue").get_json()["running"] is None, timeout=15)
+        sent_tasks.wait_until_run()
 
 
 def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_moving(
@@ -58,22 +64,30 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
     profile_ids = api.profiles(1)
     clients = [_client(app, api), _client(app, api)]
     outcomes: list[str] = []
-    # The stops leave at once (or late); the one-item runs last from "surely
-    # longer than the stop takes" down through the few milliseconds around it.
-    runs = [(seconds, 0.0) for seconds in (0.3, 0.06, 0.045, 0.035, 0.03, 0.025, 0.02, 0.015, 0.01, 0.005, 0.0)]
-    runs += [(0.0, 0.3)]
+    # The stops leave at once; the one-item runs last from "surely longer than the
+    # stop takes" (30 s: the stop interrupts it) down through the few milliseconds
+    # around it. The last pair of stops leaves only once its batch has finished, so
+    # both outcomes come up however slow the machine is. The delays are the race's
+    # windows, not a synchronization.
+    runs: list[tuple[float, float | None]] = [
+        (seconds, 0.0) for seconds in (30.0, 0.06, 0.045, 0.035, 0.03, 0.025, 0.02, 0.015, 0.01, 0.005, 0.0)
+    ]
+    runs += [(0.0, None)]
     for seconds, delay in runs:
         target = api.batch(profile_ids, "sleep", name=f"target {seconds} {delay}", seconds=seconds)
         behind = api.batch(profile_ids, "noop", name=f"behind {seconds} {delay}")
         assert target["status"] == "in_progress"
 
         def stop(index: int) -> int:
-            time.sleep(delay)
+            if delay is None:
+                wait_for(lambda: _batch(clients[index], target["id"])["finished_at"], timeout=15)
+            else:
+                time.sleep(delay)
             return clients[index].post(f"/batches/{target['id']}/stop").status_code
 
         codes = sorted(run_in_threads(2, stop))
         assert_queue_consistent(app)
-        ended = wait_for(lambda: (b := _batch(api, target["id"]))["finished_at"] and b, timeout=5)
+        ended = wait_for(lambda: (b := _batch(api, target["id"]))["finished_at"] and b, timeout=15)
         items = api.get(f"/batches/{target['id']}/items").get_json()["items"]
         assert all(item["status"] in ("succeeded", "pending") for item in items)
         queue = api.get("/queue").get_json()
@@ -84,13 +98,14 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
             assert queue["running"] is None
             promote = app.extensions["celery"].send_task("queue.promote_next", queue="control", ignore_result=False)
             assert promote.get(timeout=10) is None
+            sent_tasks.wait_until_run()  # and the promotion the run's end chained, if it ended after the stop
             assert _batch(api, behind["id"])["status"] == "queued"
             assert api.post("/queue/start").status_code == 200
         else:  # the finish won: both stops refused, the queue moves on by itself
             outcomes.append("done")
             assert codes == [409, 409], (seconds, delay, codes)
             assert ended["status"] == "done" and queue["paused"] is False
-        wait_for(lambda: _batch(api, behind["id"])["status"] == "done", timeout=5)
+        wait_for(lambda: _batch(api, behind["id"])["status"] == "done", timeout=15)
         assert_queue_consistent(app)
     assert set(outcomes) == {"stopped", "done"}, outcomes
 

@@ -69,11 +69,15 @@ def test_lists_raced_by_moves_cancels_creations_and_promotions_always_show_posit
     ]
     for thread in threads:
         thread.start()
-    time.sleep(RACE_SECONDS)  # the length of the race, not a synchronization
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert answers[0] > 20
+    try:
+        time.sleep(RACE_SECONDS)  # the length of the race, not a synchronization
+        # However slow the machine, the race goes on until the readers have had their answers.
+        wait_for(lambda: answers[0] > 20, timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
     assert problems == []
     with app.app_context():
         assert queue_violations() == []

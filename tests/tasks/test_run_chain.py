@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from app.extensions import db
-from tests.conftest import ApiClient, held_leases, queue_violations, wait_for
+from tests.conftest import ApiClient, Gate, held_leases, queue_violations, wait_for
 
 
 def _all_finished(api: ApiClient, count: int) -> list[dict]:
@@ -18,16 +18,16 @@ def _all_finished(api: ApiClient, count: int) -> list[dict]:
 
 
 def test_chain_runs_in_creation_order_without_overlap_and_a_failure_does_not_block(
-    api: ApiClient, app: Flask, celery_worker: Any
+    api: ApiClient, app: Flask, celery_worker: Any, gate: Gate
 ) -> None:
     profile_ids = api.profiles(2)
-    created = []
-    for index in range(6):
+    created = [api.batch(profile_ids, gate.name, name="b0")]  # it runs until the others are created
+    for index in range(1, 6):
         fail = ["p-1"] if index == 2 else []
-        seconds = 0.5 if index == 0 else 0.05  # the first runs while the others are created
-        created.append(api.batch(profile_ids, "sleep", name=f"b{index}", seconds=seconds, fail_profiles=fail))
+        created.append(api.batch(profile_ids, "sleep", name=f"b{index}", seconds=0.05, fail_profiles=fail))
     assert [b["status"] for b in created] == ["in_progress"] + ["queued"] * 5
     assert [b["queue_position"] for b in created] == [0, 1, 2, 3, 4, 5]
+    gate.open()
 
     finished = sorted(wait_for(lambda: _all_finished(api, 6), timeout=30), key=lambda b: b["id"])
     assert [b["status"] for b in finished] == ["done", "done", "failed", "done", "done", "done"]
@@ -43,7 +43,7 @@ def test_chain_runs_in_creation_order_without_overlap_and_a_failure_does_not_blo
 def test_items_record_status_attempts_result_and_log(api: ApiClient, app: Flask, celery_worker: Any) -> None:
     profile_ids = api.profiles(3)
     batch = api.batch(profile_ids, "sleep", seconds=0, fail_profiles=["p-1"])
-    wait_for(lambda: api.get(f"/batches/{batch['id']}").get_json()["finished_at"])
+    wait_for(lambda: api.get(f"/batches/{batch['id']}").get_json()["finished_at"], timeout=15)
     done = api.get(f"/batches/{batch['id']}").get_json()
     assert done["progress"] == {"total": 3, "succeeded": 2, "failed": 1, "pending": 0}
     items = api.get(f"/batches/{batch['id']}/items").get_json()["items"]
@@ -60,16 +60,31 @@ def test_items_record_status_attempts_result_and_log(api: ApiClient, app: Flask,
         db.session.remove()
 
 
+def _waiting_for_the_queue_lock(app: Flask) -> int:
+    """How many sessions of the test database wait for the queue lock (the queue_state row) right now."""
+    with app.app_context():
+        count = db.session.scalar(
+            db.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE 'SELECT paused FROM queue_state%'"
+            )
+        )
+        db.session.remove()
+    return int(count)
+
+
 def test_a_run_ends_while_another_queue_change_holds_the_queue_lock_and_the_next_starts_after_it(
-    api: ApiClient, app: Flask, celery_worker: Any
+    api: ApiClient, app: Flask, celery_worker: Any, gate: Gate
 ) -> None:
     """A run's end only frees the running slot: it needs its batch's row, not the queue lock."""
     profile_ids = api.profiles(1)
-    running = api.batch(profile_ids, "sleep", seconds=0.3)
+    running = api.batch(profile_ids, gate.name)
     behind = api.batch(profile_ids, "noop")
     with app.app_context(), db.engine.connect() as other_change:
         other_change.execute(db.text("SELECT 1 FROM queue_state FOR UPDATE"))  # the queue lock, held
-        wait_for(lambda: api.get(f"/batches/{running['id']}").get_json()["status"] == "done", timeout=10)
-        assert api.get(f"/batches/{behind['id']}").get_json()["status"] == "queued"  # its promotion waits
+        gate.open()  # the run ends only now, with the lock held elsewhere
+        wait_for(lambda: api.get(f"/batches/{running['id']}").get_json()["status"] == "done", timeout=15)
+        wait_for(lambda: _waiting_for_the_queue_lock(app), timeout=15)  # the run's promotion has come, and waits
+        assert api.get(f"/batches/{behind['id']}").get_json()["status"] == "queued"
         other_change.rollback()
-    wait_for(lambda: api.get(f"/batches/{behind['id']}").get_json()["status"] == "done", timeout=10)
+    wait_for(lambda: api.get(f"/batches/{behind['id']}").get_json()["status"] == "done", timeout=15)

@@ -162,6 +162,17 @@ def test_health_banner_fragment_is_just_the_sentences(client: FlaskClient, app: 
     assert problems(fragment) == [NO_WORKER]
 
 
+def test_the_banners_five_seconds_add_up(app: Flask) -> None:
+    """The promise of a banner within 5 s of its cause, as the periods add up (timed in Chromium on a
+    loaded machine, tests/browser/test_health_banner.py can only allow more): a killed worker's record
+    counts as gone three heartbeats after its last one, which came before the kill; the web process's
+    health watch looks every LIVE_HEALTH_SECONDS; the rest is the page's re-fetch."""
+    from app.services import liveness
+
+    aged_out = liveness.MISSED_BEATS * liveness.HEARTBEAT_SECONDS
+    assert aged_out + float(app.config["LIVE_HEALTH_SECONDS"]) <= 4
+
+
 def test_health_banner_fragment_needs_sign_in(app: Flask) -> None:
     """Like every page but the sign-in form, the fragment is for signed-in users only."""
     response = app.test_client().get("/health-banner")

@@ -63,7 +63,7 @@ def test_a_stop_of_the_supervisor_alone_is_passed_on_to_the_command(tmp_path: Pa
     process.send_signal(signal.SIGTERM)  # `kill PID` of the supervisor only
     process.wait(timeout=10)
     assert time.monotonic() - began < 5
-    wait_for(lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), timeout=5)
+    wait_for(lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), timeout=15)
     assert len(_pids(pids)) == 1
 
 
