@@ -70,22 +70,6 @@ def restart(app: Flask) -> Iterator[Callable[[Any], Any]]:
         life.stop()
 
 
-def history(app: Flask, make: Factory, seconds: float, items: int) -> None:
-    """A finished noop batch that ran `items` items in `seconds`: what the estimates go by."""
-    batch_id = make.batch("done")
-    with app.app_context():
-        db.session.execute(
-            db.text(
-                "UPDATE batches SET started_at = now() - make_interval(secs => :seconds + 60),"
-                " finished_at = now() - interval '60 seconds', total_items = :items, succeeded_items = :items"
-                " WHERE id = :id"
-            ),
-            {"seconds": seconds, "items": items, "id": batch_id},
-        )
-        db.session.commit()
-        db.session.remove()
-
-
 def test_table_banner_and_waiting_reason_follow_the_workers_heartbeat(
     page: Page, app: Flask, live_worker: Any, restart: Callable[[Any], Any]
 ) -> None:
@@ -176,7 +160,7 @@ def test_estimate_shows_in_the_browsers_time_zone(kolkata_page: Page, app: Flask
     """The server knows only UTC; the page shows 'starts ≈ HH:MM' in the reader's zone."""
     page = kolkata_page
     make = Factory(app)
-    history(app, make, seconds=1000, items=10)
+    make.history(seconds=1000, items=10)
     profiles = make.profiles(5)
     make.batch("in_progress", 0, profile_ids=profiles[:3])
     first = make.batch("queued", 1, profile_ids=profiles[3:4])
@@ -205,7 +189,7 @@ def test_estimate_stays_in_the_browsers_time_zone_through_a_progress_refresh(
     """Progress refreshes the table every second; each brings the server's UTC text, which must not stick."""
     page = kolkata_page
     make = Factory(app)
-    history(app, make, seconds=1000, items=10)
+    make.history(seconds=1000, items=10)
     profiles = make.profiles(4)
     running = make.batch("in_progress", 0, profile_ids=profiles[:3])
     first = make.batch("queued", 1, profile_ids=profiles[3:])

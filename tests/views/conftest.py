@@ -82,6 +82,22 @@ class Factory:
             db.session.remove()
         return batch_id
 
+    def history(self, seconds: float, items: int) -> int:
+        """A finished noop batch that ran `items` items in `seconds`, a minute ago: what estimates go by."""
+        batch_id = self.batch("done")
+        with self.app.app_context():
+            db.session.execute(
+                db.text(
+                    "UPDATE batches SET started_at = now() - make_interval(secs => :seconds + 60),"
+                    " finished_at = now() - interval '60 seconds', total_items = :items, succeeded_items = :items"
+                    " WHERE id = :id"
+                ),
+                {"seconds": seconds, "items": items, "id": batch_id},
+            )
+            db.session.commit()
+            db.session.remove()
+        return batch_id
+
     def pause(self, by: str = "bob") -> None:
         with self.app.app_context():
             db.session.execute(

@@ -66,22 +66,6 @@ def reason(soup: BeautifulSoup, batch_id: int) -> tuple[str, str]:
     return str(element.get("data-code")), element.get_text(" ", strip=True)
 
 
-def history(app: Flask, make: Factory, seconds: float, items: int) -> None:
-    """A finished noop batch that ran `items` items in `seconds`: what the estimates go by."""
-    batch_id = make.batch("done")
-    with app.app_context():
-        db.session.execute(
-            db.text(
-                "UPDATE batches SET started_at = now() - make_interval(secs => :seconds + 60),"
-                " finished_at = now() - interval '60 seconds', total_items = :items, succeeded_items = :items"
-                " WHERE id = :id"
-            ),
-            {"seconds": seconds, "items": items, "id": batch_id},
-        )
-        db.session.commit()
-        db.session.remove()
-
-
 @pytest.fixture
 def live_beat(app: Flask, live_worker: Any) -> Iterator[Any]:
     """A beat's heartbeat beside the worker's, kept fresh until the test ends."""
@@ -244,7 +228,7 @@ def test_estimate_shows_when_there_is_history(
     client: FlaskClient, app: Flask, make: Factory, live_worker: Any, api: ApiClient
 ) -> None:
     """100 s per item lately: behind a running batch of 3 items, #1 starts in ≈300 s and #2 (after 2 more) ≈500 s."""
-    history(app, make, seconds=1000, items=10)
+    make.history(seconds=1000, items=10)
     profiles = make.profiles(7)
     make.batch("in_progress", 0, profile_ids=profiles[:3])
     first = make.batch("queued", 1, profile_ids=profiles[3:5])
