@@ -293,6 +293,18 @@ class ApiClient:
         assert response.status_code == 201, response.get_json()
         return response.get_json()
 
+    def batch_of(self, batch_id: int) -> dict[str, Any]:
+        """The batch as GET /batches/<id> shows it."""
+        return self.get(f"/batches/{batch_id}").get_json()
+
+    def items_of(self, batch_id: int) -> list[dict[str, Any]]:
+        """The batch's items (up to 500), in processing order."""
+        return self.get(f"/batches/{batch_id}/items?per_page=500").get_json()["items"]
+
+    def log_of(self, batch_id: int) -> list[str]:
+        """The batch's log messages (up to 500), oldest first."""
+        return [line["message"] for line in self.get(f"/batches/{batch_id}/logs?per_page=500").get_json()["items"]]
+
     def queued_order(self) -> list[int]:
         """Ids of the queued batches, by position, as the API reports them."""
         queued = self.get("/batches?status=queued&per_page=500").get_json()["items"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -87,10 +89,10 @@ def sign_in(page: object, base_url: str, username: str = "alice") -> None:
     page.wait_for_url(f"{base_url}/batches")  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def page(browser: object, live_server: LiveServer, user: str) -> Iterator[object]:
-    """A fresh tab at 1280 px, signed in as alice."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)  # type: ignore[attr-defined]
+@contextmanager
+def signed_in_tab(browser: Any, live_server: LiveServer, **context_options: Any) -> Iterator[Any]:
+    """A fresh tab at 1280 px in a context of its own (time zone, locale...), signed in as alice."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url, **context_options)
     context.set_default_timeout(15000)  # room for a loaded machine: waits that pass end at once
     tab = context.new_page()
     sign_in(tab, live_server.url)
@@ -98,3 +100,10 @@ def page(browser: object, live_server: LiveServer, user: str) -> Iterator[object
         yield tab
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser: object, live_server: LiveServer, user: str) -> Iterator[object]:
+    """A fresh tab at 1280 px, signed in as alice."""
+    with signed_in_tab(browser, live_server) as tab:
+        yield tab

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from app.extensions import db
 from app.services import events, liveness
-from tests.browser.conftest import LiveServer, sign_in
+from tests.browser.conftest import LiveServer, signed_in_tab
 from tests.browser.test_table import open_table, row
 from tests.views.conftest import Factory
 
@@ -129,19 +129,8 @@ def test_batch_page_banner_follows_a_killed_workers_heartbeat(
 @pytest.fixture
 def kolkata_page(browser: Browser, live_server: LiveServer, user: str) -> Iterator[Page]:
     """A signed-in tab whose browser lives in India (+05:30) and writes 24-hour times (en-GB)."""
-    context = browser.new_context(
-        viewport={"width": 1280, "height": 900},
-        base_url=live_server.url,
-        timezone_id="Asia/Kolkata",
-        locale="en-GB",
-    )
-    context.set_default_timeout(15000)  # room for a loaded machine: waits that pass end at once
-    tab = context.new_page()
-    sign_in(tab, live_server.url)
-    try:
+    with signed_in_tab(browser, live_server, timezone_id="Asia/Kolkata", locale="en-GB") as tab:
         yield tab
-    finally:
-        context.close()
 
 
 def local_clock(iso: str | None, prefix: str = "") -> re.Pattern[str]:

@@ -28,18 +28,6 @@ def _create(api: ApiClient, profile_ids: list[int], processor: str, item_timeout
     return response.get_json()["id"]
 
 
-def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
-    return api.get(f"/batches/{batch_id}").get_json()
-
-
-def _items(api: ApiClient, batch_id: int) -> list[dict[str, Any]]:
-    return api.get(f"/batches/{batch_id}/items?per_page=500").get_json()["items"]
-
-
-def _logs(api: ApiClient, batch_id: int) -> list[str]:
-    return [line["message"] for line in api.get(f"/batches/{batch_id}/logs?per_page=500").get_json()["items"]]
-
-
 def _seconds(item: dict[str, Any]) -> float:
     return (datetime.fromisoformat(item["finished_at"]) - datetime.fromisoformat(item["started_at"])).total_seconds()
 
@@ -59,22 +47,22 @@ def test_items_past_their_time_limit_fail_as_timed_out_and_the_queue_goes_on(
     slow = _create(api, profile_ids, "sleep", item_timeout=1, seconds=30)
     behind = api.batch(profile_ids[:1], "noop", name="behind")["id"]
 
-    wait_for(lambda: _batch(api, behind)["status"] == "done", timeout=30)
+    wait_for(lambda: api.batch_of(behind)["status"] == "done", timeout=30)
     # Two items of one second, not of thirty (with room for a loaded machine: the items' own
     # durations below say the same from the worker's side).
     assert time.monotonic() - began < 25
-    ended = _batch(api, slow)
+    ended = api.batch_of(slow)
     assert (ended["status"], ended["error"], ended["item_timeout"]) == ("failed", "2 of 2 items failed", 1.0)
-    items = _items(api, slow)
+    items = api.items_of(slow)
     assert [(i["status"], i["error"], i["attempts"]) for i in items] == [("failed", "timed out after 1 s", 1)] * 2
     # Never before the limit (the first item too, whose clock starts at the claim); past it, the
     # watcher's next look ends the item: far from the processor's own thirty seconds.
     assert all(0.95 <= _seconds(item) < 10 for item in items), [_seconds(item) for item in items]
-    logs = _logs(api, slow)
+    logs = api.log_of(slow)
     assert "item 1/2 (p-0) failed: timed out after 1 s" in logs
     assert "item 2/2 (p-1) failed: timed out after 1 s" in logs
     assert logs[-1] == "finished: failed (2 of 2 items failed)"
-    assert ended["finished_at"] <= _batch(api, behind)["started_at"]
+    assert ended["finished_at"] <= api.batch_of(behind)["started_at"]
     assert_queue_consistent(app)
 
 
@@ -107,14 +95,14 @@ def test_a_stop_before_the_time_limit_leaves_the_item_pending_even_if_it_lets_go
     monkeypatch.setitem(registry._processors, _SlowToLetGo.name, _SlowToLetGo())
     profile_ids = api.profiles(2)
     batch = _create(api, profile_ids, _SlowToLetGo.name, item_timeout=LET_GO_LIMIT)
-    wait_for(lambda: _items(api, batch)[0]["status"] == "running", timeout=15)
+    wait_for(lambda: api.items_of(batch)[0]["status"] == "running", timeout=15)
     assert api.post(f"/batches/{batch}/stop").get_json()["status"] == "stopping"
 
-    wait_for(lambda: _batch(api, batch)["status"] == "stopped", timeout=30)
-    items = _items(api, batch)
+    wait_for(lambda: api.batch_of(batch)["status"] == "stopped", timeout=30)
+    items = api.items_of(batch)
     assert [(i["status"], i["error"], i["attempts"]) for i in items] == [("pending", None, 1), ("pending", None, 0)]
-    assert "item 1/2 (p-0) interrupted by the stop; left pending" in _logs(api, batch)
-    assert _batch(api, batch)["progress"]["failed"] == 0
+    assert "item 1/2 (p-0) interrupted by the stop; left pending" in api.log_of(batch)
+    assert api.batch_of(batch)["progress"]["failed"] == 0
     assert_queue_consistent(app)
 
 
@@ -181,13 +169,13 @@ def test_a_processor_that_ignores_its_time_limit_is_abandoned_and_the_batch_goes
     stuck = _create(api, profile_ids, _Hang.name, item_timeout=1, hang_profiles=["p-1"])
     behind = api.batch(profile_ids[:1], "noop", name="behind")["id"]
 
-    wait_for(lambda: _batch(api, behind)["status"] == "done", timeout=30)
-    ended = _batch(api, stuck)
+    wait_for(lambda: api.batch_of(behind)["status"] == "done", timeout=30)
+    ended = api.batch_of(stuck)
     assert (ended["status"], ended["error"]) == ("failed", "1 of 3 items failed")
-    items = _items(api, stuck)
+    items = api.items_of(stuck)
     assert [(i["status"], i["attempts"]) for i in items] == [("succeeded", 1), ("failed", 1), ("succeeded", 1)]
     assert items[1]["error"] == "timed out after 1 s (the processor ignored the limit; its thread was abandoned)"
-    logs = _logs(api, stuck)
+    logs = api.log_of(stuck)
     assert f"item 2/3 (p-1) failed: {items[1]['error']}" in logs
     # A deliberate restart, not a lost run: the second run's claim counts as the first attempt again.
     assert sum(line.startswith("run began") for line in logs) == 2 and not any("(attempt" in line for line in logs)
@@ -199,5 +187,5 @@ def test_a_processor_that_ignores_its_time_limit_is_abandoned_and_the_batch_goes
     hang.released.set()
     wait_for(lambda: first in recorded_runs.ended, timeout=15)
     assert recorded_runs.ended[first] == "fenced"
-    assert _items(api, stuck) == items and _logs(api, stuck) == logs and _batch(api, stuck) == ended
+    assert api.items_of(stuck) == items and api.log_of(stuck) == logs and api.batch_of(stuck) == ended
     assert_queue_consistent(app)

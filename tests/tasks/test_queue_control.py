@@ -20,28 +20,16 @@ from tests.conftest import ApiClient, Gate, assert_queue_consistent, sent_tasks,
 pytestmark = pytest.mark.usefixtures("settled")
 
 
-def _batch(api: ApiClient, batch_id: int) -> dict[str, Any]:
-    return api.get(f"/batches/{batch_id}").get_json()
-
-
-def _items(api: ApiClient, batch_id: int) -> list[dict[str, Any]]:
-    return api.get(f"/batches/{batch_id}/items?per_page=500").get_json()["items"]
-
-
-def _logs(api: ApiClient, batch_id: int) -> list[str]:
-    return [line["message"] for line in api.get(f"/batches/{batch_id}/logs?per_page=500").get_json()["items"]]
-
-
 def _queue(api: ApiClient) -> dict[str, Any]:
     return api.get("/queue").get_json()
 
 
 def _positions(api: ApiClient, ids: list[int]) -> dict[int, int | None]:
-    return {batch_id: _batch(api, batch_id)["queue_position"] for batch_id in ids}
+    return {batch_id: api.batch_of(batch_id)["queue_position"] for batch_id in ids}
 
 
 def _item_running(api: ApiClient, batch_id: int, index: int) -> bool:
-    return _items(api, batch_id)[index]["status"] == "running"
+    return api.items_of(batch_id)[index]["status"] == "running"
 
 
 # What a stop gets on a loaded machine: the promise is a second (the run's watcher looks every
@@ -120,17 +108,17 @@ def test_stop_mid_batch_halts_the_item_under_way_promptly_leaves_items_pending_a
     assert queue["running"]["id"] == running["id"] and queue["start_enabled"] is False
     assert_queue_consistent(app)
 
-    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=15)
+    wait_for(lambda: api.batch_of(running["id"])["status"] == "stopped", timeout=15)
     assert time.monotonic() - acknowledged_at < STOP_BOUND_SECONDS
-    stopped = _batch(api, running["id"])
+    stopped = api.batch_of(running["id"])
     assert stopped["queue_position"] is None and stopped["finished_at"] is not None
     assert stopped["progress"] == {"total": 5, "succeeded": 1, "failed": 0, "pending": 4}
-    items = _items(api, running["id"])
+    items = api.items_of(running["id"])
     assert [i["status"] for i in items] == ["succeeded"] + ["pending"] * 4
     assert [i["attempts"] for i in items] == [1, 1, 0, 0, 0]  # the interrupted one, then none begun
     assert items[1]["started_at"] is None and items[1]["finished_at"] is None
     assert all(datetime.fromisoformat(i["started_at"]) < acknowledged for i in items if i["started_at"])
-    logs = _logs(api, running["id"])
+    logs = api.log_of(running["id"])
     assert "stop requested by token:tests" in logs
     assert "item 2/5 (p-1) interrupted by the stop; left pending" in logs
     assert logs[-1] == "stopped (4 items left pending)"
@@ -139,7 +127,7 @@ def test_stop_mid_batch_halts_the_item_under_way_promptly_leaves_items_pending_a
     promote = app.extensions["celery"].send_task("queue.promote_next", queue="control", ignore_result=False)
     assert promote.get(timeout=10) is None
     sent_tasks.wait_until_run()  # the run's task has returned, and the promotion it chained has run too
-    assert (_batch(api, behind["id"])["status"], _batch(api, behind["id"])["queue_position"]) == ("queued", 1)
+    assert (api.batch_of(behind["id"])["status"], api.batch_of(behind["id"])["queue_position"]) == ("queued", 1)
     queue = _queue(api)
     assert queue["paused"] is True and queue["running"] is None and queue["start_enabled"] is True
     assert_queue_consistent(app)
@@ -151,11 +139,11 @@ def test_stop_mid_batch_halts_the_item_under_way_promptly_leaves_items_pending_a
     assert started.status_code == 200, started.get_json()
     assert started.get_json()["paused"] is False
     assert started.get_json()["running"]["id"] == behind["id"]
-    assert "queue started by token:tests" in _logs(api, behind["id"])
-    wait_for(lambda: _batch(api, while_paused["id"])["status"] == "done", timeout=15)
-    first, second = _batch(api, behind["id"]), _batch(api, while_paused["id"])
+    assert "queue started by token:tests" in api.log_of(behind["id"])
+    wait_for(lambda: api.batch_of(while_paused["id"])["status"] == "done", timeout=15)
+    first, second = api.batch_of(behind["id"]), api.batch_of(while_paused["id"])
     assert first["status"] == "done" and first["finished_at"] <= second["started_at"]
-    assert _batch(api, running["id"])["status"] == "stopped"
+    assert api.batch_of(running["id"])["status"] == "stopped"
     assert _queue(api)["paused"] is False
     assert_queue_consistent(app)
 
@@ -172,9 +160,9 @@ def test_stop_interrupts_a_waiting_http_item_promptly(
     assert _item_running(api, batch["id"], 0)
     assert api.post(f"/batches/{batch['id']}/stop").status_code == 200
     acknowledged_at = time.monotonic()
-    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=15)
+    wait_for(lambda: api.batch_of(batch["id"])["status"] == "stopped", timeout=15)
     assert time.monotonic() - acknowledged_at < STOP_BOUND_SECONDS
-    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [("pending", 1), ("pending", 0)]
+    assert [(i["status"], i["attempts"]) for i in api.items_of(batch["id"])] == [("pending", 1), ("pending", 0)]
     assert_queue_consistent(app)
 
 
@@ -193,19 +181,19 @@ def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_th
     assert (newcomer["status"], newcomer["queue_position"]) == ("queued", 1)
     queue = _queue(api)
     assert queue["running"]["status"] == "stopping" and queue["start_enabled"] is False
-    assert _batch(api, batch["id"])["status"] == "stopping"
+    assert api.batch_of(batch["id"])["status"] == "stopping"
     assert_queue_consistent(app)
 
     gate.open()  # the processor finishes its item: only now does the task halt
-    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=15)
+    wait_for(lambda: api.batch_of(batch["id"])["status"] == "stopped", timeout=15)
     # The item under way when the stop came finished its work; nothing after it began.
-    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [
+    assert [(i["status"], i["attempts"]) for i in api.items_of(batch["id"])] == [
         ("succeeded", 1),
         ("pending", 0),
         ("pending", 0),
     ]
     sent_tasks.wait_until_run()  # the run's task returned and chained a promotion, which has run: paused, nothing
-    assert _batch(api, newcomer["id"])["status"] == "queued"
+    assert api.batch_of(newcomer["id"])["status"] == "queued"
     assert_queue_consistent(app)
 
 
@@ -222,13 +210,13 @@ def test_stop_between_items_keeps_the_next_item_from_starting_even_before_the_wa
     wait_for(lambda: _item_running(api, batch["id"], 0), timeout=15)
     assert api.post(f"/batches/{batch['id']}/stop").get_json()["status"] == "stopping"
     gate.open()  # item 1 ends after the stop is committed
-    wait_for(lambda: _batch(api, batch["id"])["status"] == "stopped", timeout=15)
-    assert [(i["status"], i["attempts"]) for i in _items(api, batch["id"])] == [
+    wait_for(lambda: api.batch_of(batch["id"])["status"] == "stopped", timeout=15)
+    assert [(i["status"], i["attempts"]) for i in api.items_of(batch["id"])] == [
         ("succeeded", 1),
         ("pending", 0),
         ("pending", 0),
     ]
-    assert _logs(api, batch["id"])[-1] == "stopped (2 items left pending)"
+    assert api.log_of(batch["id"])[-1] == "stopped (2 items left pending)"
     assert_queue_consistent(app)
 
 
@@ -243,15 +231,15 @@ def test_stop_and_start_refuse_with_409_in_every_forbidden_state(
     refused = api.post(f"/batches/{queued['id']}/stop")
     assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "conflict"
     assert api.post("/queue/start").status_code == 409
-    assert _batch(api, queued["id"])["status"] == "queued" and _queue(api)["paused"] is False
+    assert api.batch_of(queued["id"])["status"] == "queued" and _queue(api)["paused"] is False
 
     assert api.post(f"/batches/{running['id']}/stop").status_code == 200
-    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=15)
+    wait_for(lambda: api.batch_of(running["id"])["status"] == "stopped", timeout=15)
     assert api.post(f"/batches/{running['id']}/stop").status_code == 409  # stopped
     assert api.post("/queue/start").status_code == 200
-    wait_for(lambda: _batch(api, queued["id"])["status"] == "done", timeout=15)
+    wait_for(lambda: api.batch_of(queued["id"])["status"] == "done", timeout=15)
     assert api.post(f"/batches/{queued['id']}/stop").status_code == 409  # done
-    assert _batch(api, running["id"])["status"] == "stopped"
+    assert api.batch_of(running["id"])["status"] == "stopped"
     assert_queue_consistent(app)
 
 
@@ -269,8 +257,8 @@ def test_cancel_and_move_refuse_with_409_unless_queued(api: ApiClient, app: Flas
             assert response.get_json()["error"]["code"] == "conflict"
     assert api.post("/batches/999/cancel").status_code == 404
     assert api.post("/batches/999/move", {"position": 1}).status_code == 404
-    assert _batch(api, running["id"])["status"] == "in_progress"
-    assert _batch(api, cancelled["id"])["status"] == "cancelled"
+    assert api.batch_of(running["id"])["status"] == "in_progress"
+    assert api.batch_of(cancelled["id"])["status"] == "cancelled"
     assert _positions(api, [running["id"], queued["id"], cancelled["id"]]) == {
         running["id"]: 0,
         queued["id"]: 1,
@@ -279,7 +267,7 @@ def test_cancel_and_move_refuse_with_409_unless_queued(api: ApiClient, app: Flas
     assert_queue_consistent(app)
 
     assert api.post(f"/batches/{running['id']}/stop").status_code == 200
-    wait_for(lambda: _batch(api, running["id"])["status"] == "stopped", timeout=15)
+    wait_for(lambda: api.batch_of(running["id"])["status"] == "stopped", timeout=15)
     for action, body in (("cancel", None), ("move", {"position": 1})):
         assert api.post(f"/batches/{running['id']}/{action}", body).status_code == 409  # stopped
     assert_queue_consistent(app)
@@ -307,9 +295,9 @@ def test_move_to_front_back_past_the_end_and_middle_keeps_positions_gapless(
         assert (response.get_json()["status"], response.get_json()["queue_position"]) == ("queued", landed)
         assert api.queued_order() == expected, (batch_id, position)
         assert_queue_consistent(app)
-    logs = _logs(api, b5)
+    logs = api.log_of(b5)
     assert "moved from #5 to #1 by token:tests" in logs and "moved from #1 to #5 by token:tests" in logs
-    assert not any(line.startswith("moved") for line in _logs(api, b3))  # moving in place writes nothing
+    assert not any(line.startswith("moved") for line in api.log_of(b3))  # moving in place writes nothing
 
 
 def test_cancel_front_back_and_middle_closes_the_gap(api: ApiClient, app: Flask, celery_worker: Any) -> None:
@@ -323,7 +311,7 @@ def test_cancel_front_back_and_middle_closes_the_gap(api: ApiClient, app: Flask,
         body = response.get_json()
         assert (body["status"], body["queue_position"]) == ("cancelled", None) and body["finished_at"]
         assert api.queued_order() == expected
-        assert _logs(api, batch_id)[-1] == "cancelled by token:tests"
+        assert api.log_of(batch_id)[-1] == "cancelled by token:tests"
         assert_queue_consistent(app)
     assert api.post(f"/batches/{b4}/move", {"position": 1}).get_json()["queue_position"] == 1
     assert api.queued_order() == [b4, b2]
