@@ -44,7 +44,7 @@ result_backend_transport_options = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 
 # batches.run has no time limit: a batch may take hours, and a task-wide limit would
 # kill it mid-item. Each item has its own instead (the batch's item_timeout, enforced
-# by the run's watcher, app/services/runs.py). The queue.* tasks are short and declare
+# by the run's watcher, app/services/runs/watcher.py). The queue.* tasks are short and declare
 # theirs on the task (tasks/queue.py).
 result_expires = 24 * 3600
 task_ignore_result = True

@@ -7,8 +7,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from app.errors import Conflict
-from app.services import accounts
-from app.services.queue_manager import queue_manager
+from app.services import accounts, queue_manager
 
 token_cli = AppGroup("token", help="Manage API tokens.")
 user_cli = AppGroup("user", help="Manage users of the pages.")

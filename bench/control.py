@@ -113,9 +113,9 @@ def measure_stops(iterations: int, profile_ids: list[int], commits: list[float])
 def stop_round(index: int, profile_ids: list[int], commits: list[float]) -> StopRound:
     """Start a sleep batch, stop it while its 2nd item runs, and read when everything happened."""
     from app.extensions import db
-    from app.services import leases
-    from app.services.queue_manager import NewBatch, queue_manager
-    from app.services.runs import STOP_POLL_SECONDS
+    from app.services import leases, queue_manager
+    from app.services.queue_manager import NewBatch
+    from app.services.runs.watcher import STOP_POLL_SECONDS
 
     text = db.text
     batch, _ = queue_manager.enqueue(
@@ -187,7 +187,7 @@ def stop_round(index: int, profile_ids: list[int], commits: list[float]) -> Stop
 def build_queue(size: int, profile_id: int) -> None:
     """Empty the tables, pause the queue and fill it with `size` queued batches of one item."""
     from app.extensions import db
-    from app.services.queue_manager import RANK_GAP
+    from app.services.queue_ranks import RANK_GAP
 
     text = db.text
     db.session.execute(text("TRUNCATE batch_logs, batch_items, batches"))
@@ -249,7 +249,7 @@ def kinds() -> list[tuple[str, str, Callable[[int], Callable[[], Any]]]]:
 
     Whatever a call needs to know (the middle position) is read before the clock starts.
     """
-    from app.services.queue_manager import queue_manager
+    from app.services import queue_manager
 
     def to_middle(batch_id: int) -> Callable[[], Any]:
         target = max(1, queued_count() // 2)

@@ -97,7 +97,8 @@ def draw(rng: random.Random, count: int, prefix: str) -> list[Planned]:
 
 
 def enqueue_all(planned: list[Planned], profile_ids: list[int]) -> None:
-    from app.services.queue_manager import NewBatch, queue_manager
+    from app.services import queue_manager
+    from app.services.queue_manager import NewBatch
 
     for batch in planned:
         queue_manager.enqueue(
@@ -288,8 +289,7 @@ def main() -> None:
     env = bench_environment(BENCH_DB, BENCH_REDIS_DB, CHANNEL)
     from app import create_app
     from app.extensions import db
-    from app.services import accounts
-    from app.services.queue_manager import queue_manager
+    from app.services import accounts, queue_manager
 
     app = create_app()
     rng = random.Random(args.seed)

@@ -19,7 +19,6 @@ import itertools
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,8 @@ from typing import Any
 
 import redis
 
-from bench.setup import ROOT, bench_environment, percentile
+from bench import processes
+from bench.setup import bench_environment, percentile
 
 BENCH_DB = "batchq_bench"
 BENCH_REDIS_DB = 14
@@ -43,22 +43,8 @@ def summary(values_ms: list[float]) -> str:
 
 def start_worker(env: dict[str, str], app: str = "workers.celery_app") -> subprocess.Popen[bytes]:
     """A prefork worker as the Procfile starts one, on the batchq app or on bare Celery."""
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        app,
-        "worker",
-        "--loglevel=WARNING",
-        "-Q",
-        "batches,control",
-        "--concurrency=3",
-        "--include=bench.baseline",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    options = ("--include=bench.baseline", "--without-mingle", "--without-gossip")
+    return processes.start_worker(env, *options, app=app, loglevel="WARNING")
 
 
 @contextmanager
@@ -115,7 +101,8 @@ def measure_handoff(env: dict[str, str], count: int) -> Handoff:
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")})
     from app import create_app
     from app.extensions import db
-    from app.services.queue_manager import NewBatch, queue_manager
+    from app.services import queue_manager
+    from app.services.queue_manager import NewBatch
 
     app = create_app()
     with app.app_context():

@@ -186,7 +186,8 @@ def time_requests(
 def measure_live(page: Any, app: Any, samples: int, commits: list[float]) -> list[float]:
     """Queue a batch, then cancel it, alternately; each time from commit to the row's new text in the DOM."""
     from app.extensions import db
-    from app.services.queue_manager import NewBatch, queue_manager
+    from app.services import queue_manager
+    from app.services.queue_manager import NewBatch
 
     latencies = []
     with app.app_context():

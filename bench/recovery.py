@@ -73,7 +73,6 @@ It works in a database of its own (batchq_bench_recovery) and Redis database 12
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import signal
@@ -88,8 +87,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bench import processes
 from bench.handoff import wait_for_worker
-from bench.setup import ROOT, bench_environment, insert_profiles, percentile
+from bench.setup import bench_environment, insert_profiles, percentile
 
 BENCH_DB = "batchq_bench_recovery"
 BENCH_REDIS_DB = 12
@@ -101,20 +101,6 @@ SOAK_SECONDS = 0.01
 SOAK_KILL_JITTER = 0.2
 TARGET_MARGIN = 5.0
 POLL_SECONDS = 0.02
-# The Procfile's worker and beat lines (its .venv/bin/celery is the one beside this interpreter).
-CELERY = str(Path(sys.executable).parent / "celery")
-WORKER_COMMAND = [
-    CELERY,
-    "-A",
-    "workers.celery_app",
-    "worker",
-    "--loglevel=INFO",
-    "-E",
-    "-Q",
-    "batches,control",
-    "--concurrency=3",
-]
-BEAT_COMMAND = [CELERY, "-A", "workers.celery_app", "beat", "--loglevel=WARNING"]
 
 
 class Services:
@@ -141,23 +127,15 @@ class Services:
         self.start_worker()
         wait_for_worker(self.env)
 
-    def _spawn(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
     def start_worker(self) -> None:
         self.workers_started += 1
         self.worker_log = self.log_dir / f"worker-{self.workers_started}.log"
-        self.worker = self._spawn(WORKER_COMMAND, self.worker_log)
+        self.worker = processes.start_worker(self.env, "-E", log=self.worker_log)
 
     def start_beat(self) -> None:
         self.beats_started += 1
         schedule = self.log_dir / f"celerybeat-schedule-{self.beats_started}"
-        self.beat = self._spawn(
-            [*BEAT_COMMAND, f"--schedule={schedule}"], self.log_dir / f"beat-{self.beats_started}.log"
-        )
+        self.beat = processes.start_beat(self.env, schedule, log=self.log_dir / f"beat-{self.beats_started}.log")
 
     def kill_worker(self) -> float:
         """SIGKILL the worker's whole process group; return the wall-clock time right after the kill."""
@@ -188,27 +166,13 @@ class Services:
     def stop(self) -> None:
         """End both process groups (SIGTERM, then SIGKILL after a few seconds)."""
         for process in (self.worker, self.beat):
-            if process is None or process.poll() is not None:
-                continue
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+            processes.stop(process)
         self.worker = self.beat = None
 
     def kill_leftovers(self) -> None:
         """Last resort (crash, Ctrl-C): SIGKILL whatever is left of both groups, pool children included."""
         for process in (self.worker, self.beat):
-            if process is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
+            processes.kill(process)
 
 
 # --- database reads ------------------------------------------------------------
@@ -243,7 +207,8 @@ def wait_for(what: str, probe: Callable[[], Any], limit: float, services: Servic
 
 
 def enqueue(name: str, processor: str, parameters: dict[str, Any], profile_ids: list[int]) -> int:
-    from app.services.queue_manager import NewBatch, queue_manager
+    from app.services import queue_manager
+    from app.services.queue_manager import NewBatch
 
     batch, _ = queue_manager.enqueue(
         NewBatch(name=name, processor=processor, parameters=parameters, profile_ids=profile_ids, created_by="bench")
@@ -436,7 +401,7 @@ class Soak:
 
 def run_soak(services: Services, batches: int, kill_every: int, timeout: float, profile_ids: list[int]) -> Soak:
     from app.extensions import db
-    from app.services.queue_manager import queue_manager
+    from app.services import queue_manager
 
     db.session.execute(db.text("UPDATE queue_state SET paused = true, paused_by = 'bench', paused_at = now()"))
     db.session.commit()
@@ -702,7 +667,7 @@ def main() -> None:
     env = bench_environment(BENCH_DB, BENCH_REDIS_DB, CHANNEL)
     from app import create_app
     from app.extensions import db
-    from app.services.queue_manager import queue_manager
+    from app.services import queue_manager
 
     app = create_app()
     random.seed(20261201)

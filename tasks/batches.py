@@ -11,7 +11,7 @@ from app.services.runs import run_batch
 # and the lease turns a duplicate into a no-op. No Celery time limit: a batch may
 # legitimately take hours, and a task-wide limit would kill it mid-item. Each
 # item has its own limit instead (the batch's item_timeout, enforced by the
-# run's watcher in app/services/runs.py: the item fails and the batch goes on),
+# run's watcher in app/services/runs/watcher.py: the item fails and the batch goes on),
 # and stopping is the operator's tool. No retries: the reconciler re-dispatches
 # a lost run.
 @shared_task(name="batches.run", bind=True, max_retries=0)

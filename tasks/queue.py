@@ -4,7 +4,8 @@ from celery import shared_task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from app.services.queue_manager import LeaseStillHeld, queue_manager
+from app.services import queue_manager
+from app.services.queue_manager import LeaseStillHeld
 
 # While PostgreSQL is unreachable these tasks are retried with a growing delay
 # (1, 2, 4 ... 30 s), so a promotion is not lost to a database restart.

@@ -238,7 +238,7 @@ def _settle_runs() -> None:
     A promotion chained onto an earlier test's last run would otherwise run in
     the next test, and start a batch that test means to keep queued.
     """
-    from app.services.queue_manager import queue_manager
+    from app.services import queue_manager
 
     running = queue_manager.get_running_batch()
     if running is not None and running.status == "in_progress":

@@ -34,9 +34,9 @@ from billiard.process import active_children, current_process
 from celery import Task
 from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 
-from app.services import runs
 from app.services.dispatch import RUN_BATCH_TASK
-from app.services.runs import shutdown_requested
+from app.services.runs import watcher
+from app.services.runs.items import shutdown_requested
 
 _in_pool_child = False
 _previous_handler: Any = None
@@ -49,7 +49,7 @@ def remember_pool_child(**_: object) -> None:
     # A run whose processor ignores its time limit may end its own process only
     # in a prefork child, which the pool replaces. The solo pool sends this
     # signal too, in the worker's own (main) process, which must live on.
-    runs.may_end_own_process = current_process().name != "MainProcess"
+    watcher.may_end_own_process = current_process().name != "MainProcess"
 
 
 def _installable(sender: Task | None) -> bool:

@@ -30,9 +30,8 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.models.processes import BEAT, WORKER
-from app.services import liveness
+from app.services import liveness, queue_manager
 from app.services.liveness import ProcessRecord
-from app.services.queue_manager import queue_manager
 
 log = logging.getLogger(__name__)
 

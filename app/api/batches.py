@@ -11,8 +11,7 @@ from app.api.bodies import json_body, load_args, load_body, page_body
 from app.errors import InvalidInput
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
 from app.schemas.common import PageArgs
-from app.services import batches
-from app.services.queue_manager import queue_manager
+from app.services import batches, queue_manager
 from app.services.snapshots import read_snapshot
 
 batch_out = BatchOut()

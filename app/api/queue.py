@@ -8,7 +8,8 @@ from flask import g
 
 from app.api import bp
 from app.schemas.queue import QueueOut
-from app.services.queue_manager import QueueSnapshot, queue_manager
+from app.services import queue_manager
+from app.services.queue_manager import QueueSnapshot
 from app.services.snapshots import read_snapshot
 
 

@@ -16,10 +16,10 @@ from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
 from app.models.batches import queued_ahead
-from app.services import storable_id
+from app.services import queue_manager, storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import missing_profile_ids
-from app.services.queue_manager import NewBatch, queue_manager
+from app.services.queue_manager import NewBatch
 from app.services.waiting import judge_queued
 
 

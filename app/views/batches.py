@@ -29,8 +29,7 @@ from flask_wtf import FlaskForm
 from app import live, processors
 from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
-from app.services import batches, screens
-from app.services.queue_manager import queue_manager
+from app.services import batches, queue_manager, screens
 from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
     FormState,

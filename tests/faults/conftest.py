@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from flask import Flask
 from app.config import Settings
 from app.embedded import redis_server
 from app.services import dispatch
+from bench import processes
 from tests.conftest import SESSION_TAG, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,34 +80,19 @@ class WorkerProcess:
         """
         self.started += 1
         name = f"faults{self.started}-{SESSION_TAG}@%h"
-        log = (self.log_dir / f"worker{self.started}.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.faults.worker_app:celery_app",
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                "2",
-                "-Q",
-                queues,
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env={**self.env, **({"RECONCILE_INTERVAL": str(repair_every)} if repair_every else {}), **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = processes.start_worker(
+            {**self.env, **({"RECONCILE_INTERVAL": str(repair_every)} if repair_every else {}), **(env or {})},
+            "-P",
+            "prefork",
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            app="tests.faults.worker_app:celery_app",
+            queues=queues,
+            concurrency=2,
+            log=self.log_dir / f"worker{self.started}.log",
         )
         self.name = name.replace("%h", "")
         self.hostname = name.replace("%h", socket.gethostname())
@@ -116,25 +101,12 @@ class WorkerProcess:
 
     def start_beat(self, interval: float = 1.0) -> None:
         """Celery beat on the same keys, running a repair round every `interval` seconds."""
-        log = (self.log_dir / "beat.log").open("wb")
-        self.beat = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.faults.worker_app:celery_app",
-                "beat",
-                "-s",
-                str(self.log_dir / "beat-schedule"),
-                "-l",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env={**self.env, "RECONCILE_INTERVAL": str(interval)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.beat = processes.start_beat(
+            {**self.env, "RECONCILE_INTERVAL": str(interval)},
+            self.log_dir / "beat-schedule",
+            app="tests.faults.worker_app:celery_app",
+            loglevel="INFO",
+            log=self.log_dir / "beat.log",
         )
 
     def _answers(self, prefix: str) -> bool:
@@ -145,14 +117,12 @@ class WorkerProcess:
     def kill_beat(self) -> None:
         """SIGKILL beat: no chance to remove its liveness record."""
         if self.beat is not None and self.beat.poll() is None:
-            os.killpg(self.beat.pid, signal.SIGKILL)
-            self.beat.wait(timeout=10)
+            processes.kill(self.beat)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children at once."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            processes.kill(self.process)
 
     def terminate(self, whole_group: bool = True, timeout: float = 20) -> float:
         """SIGTERM to the whole process group at once (as honcho and systemd send it) or to the main

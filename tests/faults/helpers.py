@@ -8,7 +8,8 @@ from flask import Flask
 
 from app.extensions import db
 from app.models import Batch
-from app.services.queue_manager import NewBatch, queue_manager
+from app.services import queue_manager
+from app.services.queue_manager import NewBatch
 from tests.conftest import held_leases, queue_violations
 
 

@@ -11,7 +11,7 @@ from marshmallow import Schema, fields
 
 from app.processors.base import ProfileData, RunContext
 from app.processors.registry import register
-from app.services import runs
+from app.services.runs import items as run_items
 
 
 class StubbornParameters(Schema):
@@ -68,7 +68,7 @@ class UntilShutdown:
             # Looked at, not waited on: the flag is set by a signal handler running in this very
             # thread, and Event.wait holds the lock that the handler's Event.set would need.
             deadline = time.monotonic() + 60
-            while not runs.shutdown_requested.is_set() and time.monotonic() < deadline:
+            while not run_items.shutdown_requested.is_set() and time.monotonic() < deadline:
                 time.sleep(0.02)
         return {"profile": profile.name}
 

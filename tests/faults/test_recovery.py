@@ -14,8 +14,8 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.models._types import utcnow
-from app.services import dispatch, leases
-from app.services.queue_manager import MAX_RUN_ATTEMPTS, LeaseStillHeld, queue_manager
+from app.services import dispatch, leases, queue_manager
+from app.services.queue_manager import MAX_RUN_ATTEMPTS, LeaseStillHeld
 from tests.conftest import ApiClient, Gate, run_in_threads, sent_tasks, wait_for
 from tests.faults.helpers import (
     age_heartbeat,

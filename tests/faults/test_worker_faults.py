@@ -12,7 +12,7 @@ from celery import Celery
 from flask import Flask
 
 from app.models._types import utcnow
-from app.services.queue_manager import queue_manager
+from app.services import queue_manager
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import WorkerProcess
 from tests.faults.helpers import (

@@ -10,9 +10,8 @@ from flask import Flask
 
 from app.extensions import db
 from app.models import Batch
-from app.services import dispatch, leases
-from app.services import queue_manager as queue_manager_module
-from app.services.queue_manager import NewBatch, queue_manager
+from app.services import dispatch, leases, queue_manager, queue_ranks
+from app.services.queue_manager import NewBatch
 from tests.conftest import insert_profiles, queue_violations, run_in_threads
 
 
@@ -170,16 +169,16 @@ def test_random_moves_cancels_and_arrivals_with_tiny_rank_gaps_keep_the_order_a_
 ) -> None:
     # Gaps of 4 run out after two halvings: nearly every move has to spread
     # ranks out or renumber, the paths a real queue reaches only rarely.
-    monkeypatch.setattr(queue_manager_module, "RANK_GAP", 4)
-    monkeypatch.setattr(queue_manager_module, "RESPACE_WINDOW", 3)
+    monkeypatch.setattr(queue_ranks, "RANK_GAP", 4)
+    monkeypatch.setattr(queue_ranks, "RESPACE_WINDOW", 3)
     respaced: list[int | None] = []
-    respace = queue_manager_module.QueueManager._respace_after
+    respace = queue_ranks.respace_after
 
     def counted(batch_id: int, before: int) -> int | None:
         respaced.append(respace(batch_id, before))
         return respaced[-1]
 
-    monkeypatch.setattr(queue_manager_module.QueueManager, "_respace_after", staticmethod(counted))
+    monkeypatch.setattr(queue_ranks, "respace_after", counted)
     rng = random.Random(7)
     order = _paused_queue(app_ctx, 15)
     profile_ids = insert_profiles(1, prefix="late")

@@ -12,7 +12,8 @@ from flask import Flask
 
 from app.errors import Conflict
 from app.extensions import db
-from app.services.queue_manager import NewBatch, queue_manager
+from app.services import queue_manager
+from app.services.queue_manager import NewBatch
 from tests.conftest import (
     ApiClient,
     assert_queue_consistent,

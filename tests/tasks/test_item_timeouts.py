@@ -16,6 +16,7 @@ from app.extensions import db
 from app.processors import StopRequested, registry
 from app.processors.base import ProfileData, RunContext
 from app.services import runs
+from app.services.runs import watcher
 from tests.conftest import ApiClient, assert_queue_consistent, wait_for
 
 pytestmark = pytest.mark.usefixtures("settled")
@@ -164,7 +165,7 @@ def test_a_processor_that_ignores_its_time_limit_is_abandoned_and_the_batch_goes
     recorded_runs: _Runs,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runs, "TIMEOUT_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(watcher, "TIMEOUT_GRACE_SECONDS", 0.5)
     profile_ids = api.profiles(3)
     stuck = _create(api, profile_ids, _Hang.name, item_timeout=1, hang_profiles=["p-1"])
     behind = api.batch(profile_ids[:1], "noop", name="behind")["id"]

@@ -200,11 +200,11 @@ def test_stop_of_a_processor_that_ignores_it_holds_the_slot_as_stopping_until_th
 def test_stop_between_items_keeps_the_next_item_from_starting_even_before_the_watcher_looks(
     api: ApiClient, app: Flask, celery_worker: Any, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.services import runs
+    from app.services.runs import watcher
 
     # The watcher does not look for a minute: only the batch row lock
     # taken to start each item stands between the stop and item 2.
-    monkeypatch.setattr(runs, "STOP_POLL_SECONDS", 60.0)
+    monkeypatch.setattr(watcher, "STOP_POLL_SECONDS", 60.0)
     profile_ids = api.profiles(3)
     batch = api.batch(profile_ids, gate.name)
     wait_for(lambda: _item_running(api, batch["id"], 0), timeout=15)

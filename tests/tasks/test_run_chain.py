@@ -66,7 +66,7 @@ def _waiting_for_the_queue_lock(app: Flask) -> int:
         count = db.session.scalar(
             db.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE 'SELECT paused FROM queue_state%'"
+                " AND wait_event_type = 'Lock' AND query LIKE '%queue_state.paused%FOR UPDATE'"
             )
         )
         db.session.remove()

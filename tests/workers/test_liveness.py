@@ -100,7 +100,7 @@ def test_a_repair_timer_promotes_a_head_left_waiting_without_any_task_or_beat(
 
 
 def test_a_round_within_the_gap_of_another_processs_round_is_skipped(app: Flask, clean: None) -> None:
-    from app.services.queue_manager import queue_manager
+    from app.services import queue_manager
 
     def stamp_after_round() -> Any:
         with app.app_context():

@@ -1,0 +1,50 @@
+"""The hand-written statements against the types that feed them and the rules they carry out."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from sqlalchemy import TextClause
+
+from app.models import RUNNING_STATUSES, BatchStatus
+from app.services import queue_statements
+from app.services.queue_manager import RULES, Action
+from app.services.queue_statements import ItemWrite
+
+
+def _free(statement: TextClause) -> set[str]:
+    """The parameters a caller must pass: those not bound to a status name."""
+    return {name for name, value in statement.compile().params.items() if value is None}
+
+
+def _bound_statuses(statement: TextClause) -> set[str]:
+    return {value for value in statement.compile().params.values() if value is not None}
+
+
+ITEM_FIELDS = {field.name for field in fields(ItemWrite)}
+
+
+def test_an_item_write_is_exactly_the_item_parameters_of_the_item_statement() -> None:
+    assert _free(queue_statements.FINISH_ITEM) == ITEM_FIELDS | {"batch_id", "token"}
+
+
+def test_the_end_of_a_run_takes_an_item_write_beside_its_own_parameters() -> None:
+    own = {"id", "token", "error", "now", "lease_class", "release_lease"}
+    assert _free(queue_statements.END_RUN) == ITEM_FIELDS | own
+    assert set(queue_statements.end_run_parameters(1, None)) == ITEM_FIELDS | own
+
+
+def test_the_end_of_a_run_leads_from_the_running_statuses_to_its_rules_targets_only() -> None:
+    rule = RULES[Action.END_RUN]
+    batch_statuses = _bound_statuses(queue_statements.END_RUN) & set(BatchStatus)
+    assert batch_statuses == set(rule.sources) | set(rule.targets)
+    assert set(rule.sources) == set(RUNNING_STATUSES)
+
+
+def test_a_promotion_starts_a_batch_as_its_rule_says() -> None:
+    (target,) = RULES[Action.PROMOTE].targets
+    assert _bound_statuses(queue_statements.PROMOTE_HEAD) == {target, *RUNNING_STATUSES}
+
+
+def test_a_statement_binds_only_the_status_names_it_mentions() -> None:
+    assert _free(queue_statements.PROMOTE_HEAD) == {"now", "token"}
