@@ -107,7 +107,9 @@ def build_spec() -> dict[str, Any]:
         "/profiles/import": {"post": _import_op()},
         "/profiles/{profile_id}": {
             "get": _op("Get a profile", ("200", "Profile"), errors=("404",)),
-            "patch": _op("Edit a profile", ("200", "Profile"), body="ProfilePatch", errors=("404", "409", "413", "422")),
+            "patch": _op(
+                "Edit a profile", ("200", "Profile"), body="ProfilePatch", errors=("404", "409", "413", "422")
+            ),
             "delete": _delete_op(),
         },
         "/batches": {"post": create, "get": _op("List batches", ("200", "BatchList"), query=BatchListArgs)},

@@ -1,5 +1,7 @@
 """Profile bodies, responses, list arguments and one imported line."""
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
 from app.models.profiles import TAG_MAX
@@ -28,8 +30,9 @@ class Tags(fields.List):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(Tag(), validate=validate.Length(max=100), **kwargs)  # type: ignore[arg-type]
 
-    def _deserialize(self, value: object, attr: str | None, data: object, **kwargs: object) -> list[str]:
-        return sorted(set(super()._deserialize(value, attr, data, **kwargs)))  # type: ignore[arg-type]
+    def _deserialize(self, value: object, attr: str | None, data: object, **kwargs: object) -> list[Any | None]:
+        tags = super()._deserialize(value, attr, data, **kwargs)
+        return list(sorted({str(tag) for tag in tags}))
 
 
 class ProfileCreate(Schema):

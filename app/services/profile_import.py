@@ -155,12 +155,12 @@ def _csv_profile(columns: list[str], record: list[str]) -> dict[str, Any]:
 def validated(lines: list[Line]) -> list[dict[str, Any]]:
     """Every line through the API's profile schema; names must not repeat within the file."""
     schema = ProfileCreate()
-    rows, errors, seen = [], {}, {}
+    rows, errors, seen = [], {}, dict[str, int]()
     for line in lines:
         try:
             row = schema.load(line.data)
         except ValidationError as exc:
-            errors[line.number] = exc.normalized_messages()
+            errors[line.number] = exc.messages if isinstance(exc.messages, dict) else {"_line": exc.messages}
             continue
         if row["name"] in seen:
             errors[line.number] = {"name": [f"{row['name']!r} is also on line {seen[row['name']]}"]}
@@ -184,13 +184,13 @@ def upsert(rows: list[dict[str, Any]]) -> tuple[int, int]:
     try:
         for start in range(0, len(ordered), CHUNK):
             values = [{**row, "created_at": now} for row in ordered[start : start + CHUNK]]
-            statement = insert(Profile).values(values)
-            statement = statement.on_conflict_do_update(
+            new = insert(Profile).values(values)
+            upserted: Any = new.on_conflict_do_update(
                 index_elements=[Profile.name],
                 index_where=live(),
-                set_={"attributes": statement.excluded.attributes, "tags": statement.excluded.tags},
+                set_={"attributes": new.excluded.attributes, "tags": new.excluded.tags},
             ).returning(literal_column("xmax = 0"))  # true for a row this statement inserted
-            created += sum(1 for inserted in db.session.scalars(statement) if inserted)
+            created += sum(1 for inserted in db.session.scalars(upserted) if inserted)
         db.session.commit()
     except BaseException:
         db.session.rollback()

@@ -120,8 +120,8 @@ def list_profiles(page: int, per_page: int, name_filter: str | None = None, tag:
 
 def tag_counts() -> list[tuple[str, int]]:
     """Every tag of a live profile with how many carry it, by tag."""
-    tag = func.unnest(Profile.tags).column_valued("tag")
-    rows = db.session.execute(select(tag, func.count()).where(live()).group_by(tag).order_by(tag))
+    tags = select(func.unnest(Profile.tags).label("tag")).where(live()).subquery()
+    rows = db.session.execute(select(tags.c.tag, func.count()).group_by(tags.c.tag).order_by(tags.c.tag))
     return [(row[0], row[1]) for row in rows]
 
 
@@ -143,6 +143,6 @@ def ids_by_tags(tags: list[str]) -> tuple[list[int], list[str]]:
         return [], []
     carrying = select(Profile.id).where(live(), Profile.tags.overlap(tags)).order_by(Profile.name, Profile.id)
     ids = list(db.session.scalars(carrying))
-    tag = func.unnest(Profile.tags).column_valued("tag")
-    present = set(db.session.scalars(select(tag).where(live(), Profile.tags.overlap(tags)).distinct()))
+    carried = select(func.unnest(Profile.tags)).where(live(), Profile.tags.overlap(tags)).distinct()
+    present = set(db.session.scalars(carried))
     return ids, [name for name in tags if name not in present]
