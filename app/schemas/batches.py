@@ -38,9 +38,11 @@ class BatchCreate(Schema):
         if len(set(value)) != len(value):
             raise ValidationError("profile ids must be distinct")
 
-    @validates_schema
-    def some_profiles(self, data: dict[str, Any], **_: Any) -> None:
-        if not data.get("profile_ids") and not data.get("profile_tags"):
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def some_profiles(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        # Only when nothing was asked for: a bad list already has its own message.
+        asked = isinstance(original, dict) and original.get("profile_tags")
+        if "profile_ids" in data and not data["profile_ids"] and not asked:
             raise ValidationError("choose at least one profile, by id or by tag", field_name="profile_ids")
 
     @validates_schema(skip_on_field_errors=False)

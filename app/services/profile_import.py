@@ -50,13 +50,21 @@ class ImportErrors(InvalidInput):
 
     def __init__(self, errors: dict[int, dict[str, Any]]) -> None:
         first = min(errors)
-        detail = "; ".join(f"{field}: {' '.join(_texts(msgs))}" for field, msgs in errors[first].items())
+        detail = describe(errors[first])
         more = f" ({len(errors)} bad lines in all)" if len(errors) > 1 else ""
         shown = sorted(errors)[:SHOWN_ERRORS]
         super().__init__(
             f"line {first}: {detail}{more}; nothing was imported", {"lines": {str(n): errors[n] for n in shown}}
         )
         self.errors = errors
+
+
+def describe(fields: dict[str, Any]) -> str:
+    """One line's errors as a sentence: `field: message` for each field (`_line`, `_header`: the message alone)."""
+    return "; ".join(
+        " ".join(_texts(messages)) if field.startswith("_") else f"{field}: {' '.join(_texts(messages))}"
+        for field, messages in fields.items()
+    )
 
 
 def _texts(messages: Any) -> list[str]:
@@ -69,8 +77,8 @@ def _texts(messages: Any) -> list[str]:
 
 def import_file(content: bytes, kind: str) -> tuple[int, int]:
     """Validate a whole file and import it in one transaction; return (created, updated)."""
-    rows = validated(read_lines(decode(content), kind))
-    return upsert(rows)
+    lines, errors = read_lines(decode(content), kind)
+    return upsert(validated(lines, errors))
 
 
 def decode(content: bytes) -> str:
@@ -84,12 +92,12 @@ def decode(content: bytes) -> str:
     return text
 
 
-def read_lines(text: str, kind: str) -> list[Line]:
-    """Split a file into one raw profile per line (CSV record or JSON Lines line)."""
+def read_lines(text: str, kind: str) -> tuple[list[Line], dict[int, dict[str, Any]]]:
+    """Split a file into one raw profile per line (CSV record or JSON Lines line), and the lines that aren't one."""
     return _csv_lines(text) if kind == "csv" else _json_lines(text)
 
 
-def _json_lines(text: str) -> list[Line]:
+def _json_lines(text: str) -> tuple[list[Line], dict[int, dict[str, Any]]]:
     lines, errors = [], {}
     for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
@@ -103,12 +111,10 @@ def _json_lines(text: str) -> list[Line]:
             errors[number] = {"_line": ["expected a JSON object"]}
             continue
         lines.append(Line(number, value))
-    if errors:
-        raise ImportErrors(errors)
-    return lines
+    return lines, errors
 
 
-def _csv_lines(text: str) -> list[Line]:
+def _csv_lines(text: str) -> tuple[list[Line], dict[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [cell.strip() for cell in next(reader, [])]
@@ -124,9 +130,7 @@ def _csv_lines(text: str) -> list[Line]:
             lines.append(Line(number, _csv_profile(columns, record)))
     except csv.Error as exc:
         raise ImportErrors({reader.line_num or 1: {"_line": [f"not valid CSV: {exc}"]}}) from None
-    if errors:
-        raise ImportErrors(errors)
-    return lines
+    return lines, errors
 
 
 def _columns(header: list[str]) -> list[str]:
@@ -152,10 +156,13 @@ def _csv_profile(columns: list[str], record: list[str]) -> dict[str, Any]:
     return data
 
 
-def validated(lines: list[Line]) -> list[dict[str, Any]]:
-    """Every line through the API's profile schema; names must not repeat within the file."""
+def validated(lines: list[Line], errors: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every line through the API's profile schema; names must not repeat within the file.
+
+    Raises with these errors and those of the lines `errors` already names (which the file couldn't parse).
+    """
     schema = ProfileCreate()
-    rows, errors, seen = [], {}, dict[str, int]()
+    rows, seen = [], dict[str, int]()
     for line in lines:
         try:
             row = schema.load(line.data)
