@@ -10,15 +10,6 @@ from app.models import Batch
 from tests.views.conftest import Factory
 
 
-def _tag(app: Flask, ids: list[int], *tags: str) -> None:
-    with app.app_context():
-        db.session.execute(
-            db.text("UPDATE profiles SET tags = :tags WHERE id = ANY(:ids)"), {"tags": list(tags), "ids": ids}
-        )
-        db.session.commit()
-        db.session.remove()
-
-
 def test_edit_a_profile(page: Page, app: Flask) -> None:
     profile_id = Factory(app).profiles(1)[0]
     page.goto("/profiles")
@@ -73,8 +64,8 @@ def test_import_upload_names_the_bad_line_then_imports_the_fixed_file(page: Page
 def test_choose_profiles_by_tag_on_the_creation_form(page: Page, app: Flask) -> None:
     make = Factory(app)
     ids = make.profiles(5)
-    _tag(app, ids[:3], "eu-west")
-    _tag(app, ids[3:4], "us-east")
+    make.tag(ids[:3], "eu-west")
+    make.tag(ids[3:4], "us-east")
     make.pause()  # the new batch waits in the queue; no worker is needed
     page.goto("/batches/new")
     tag_box = page.locator("#profile-tags label", has_text="eu-west")

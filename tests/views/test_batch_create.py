@@ -168,10 +168,7 @@ def test_new_page_handles_thousands_of_profiles(client: FlaskClient, make: Facto
 
 def test_create_form_offers_tags_with_counts_and_creates_by_tag(app: Flask, client: FlaskClient, make: Factory) -> None:
     ids = make.profiles(3)
-    with app.app_context():
-        db.session.execute(db.text("UPDATE profiles SET tags = '{eu-west}' WHERE id = ANY(:ids)"), {"ids": ids[:2]})
-        db.session.commit()
-        db.session.remove()
+    make.tag(ids[:2], "eu-west")
     soup = soup_of(client.get("/batches/new"))
     boxes = soup.select("#profile-tags input[name=profile_tags]")
     assert [box["value"] for box in boxes] == ["eu-west"]

@@ -9,7 +9,6 @@ from bs4 import BeautifulSoup
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.extensions import db
 from tests.views.conftest import Factory
 
 
@@ -43,22 +42,13 @@ def test_create_profile_errors_beside_fields(client: FlaskClient, make: Factory)
     assert soup.select_one("#attributes").get_text() == "[1, 2"
 
 
-def _tag(app: Flask, ids: list[int], *tags: str) -> None:
-    with app.app_context():
-        db.session.execute(
-            db.text("UPDATE profiles SET tags = :tags WHERE id = ANY(:ids)"), {"tags": list(tags), "ids": ids}
-        )
-        db.session.commit()
-        db.session.remove()
-
-
 def _soup(response: Any) -> BeautifulSoup:
     return BeautifulSoup(response.get_data(as_text=True), "html.parser")
 
 
 def test_profiles_page_shows_tags_and_filters_by_tag(app: Flask, client: FlaskClient, make: Factory) -> None:
     ids = make.profiles(3)
-    _tag(app, ids[:2], "eu-west", "gpu")
+    make.tag(ids[:2], "eu-west", "gpu")
     soup = _soup(client.get("/profiles?tag=eu-west"))
     rows = soup.select("#profile-table tr[data-profile-id]")
     assert [row["data-profile-id"] for row in rows] == [str(i) for i in ids[:2]]
