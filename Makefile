@@ -6,8 +6,8 @@
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make test-faults  the fault-injection suite alone (killed workers, a stopped Redis, lost messages)
 #   make lint      ruff check, ruff format --check and mypy (strict for app/services and tasks)
-#   make bench     bench.handoff, bench.live, bench.control, bench.recovery, bench.estimates in turn
-#                  (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS, RECOVERY_ARGS, ESTIMATE_ARGS)
+#   make bench     bench.handoff, .live, .control, .recovery, .estimates, .profiles_form in turn
+#                  (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS, RECOVERY_ARGS, ESTIMATE_ARGS, PROFILES_ARGS)
 #   make clean     caches; `make distclean` also stops the embedded servers and removes .venv and var/
 
 SHELL := /bin/sh
@@ -68,11 +68,12 @@ lint: install
 	$(BIN)/mypy
 
 # The benchmarks print figures and never fail on them; each migrates a database of its own.
-# All five run, one after the other, on the same servers; the target fails if one of them crashed.
+# All six run, one after the other, on the same servers; the target fails if one of them crashed.
 # BENCH_ARGS go to bench.handoff (--batches 500), LIVE_ARGS to bench.live (--samples 60 --batches 10000),
 # CONTROL_ARGS to bench.control (--iterations 20 --queued 10000), RECOVERY_ARGS to bench.recovery
 # (--rounds 5 --soak-batches 1000 --kill-every 100; it also fails if a batch was lost or two overlapped),
-# ESTIMATE_ARGS to bench.estimates (--batches 30 --warmup 6 --seed 20261203; it also fails if a batch did not finish).
+# ESTIMATE_ARGS to bench.estimates (--batches 30 --warmup 6 --seed 20261203; it also fails if a batch did not finish),
+# PROFILES_ARGS to bench.profiles_form (--profiles 10000 --samples 30).
 bench: install
 	$(BIN)/python -m app.embedded run -- sh -c 'rc=0; \
 	  echo "== bench.handoff"; $(BIN)/python -m bench.handoff $(BENCH_ARGS) || rc=1; \
@@ -80,6 +81,7 @@ bench: install
 	  echo "== bench.control"; $(BIN)/python -m bench.control $(CONTROL_ARGS) || rc=1; \
 	  echo "== bench.recovery"; $(BIN)/python -m bench.recovery $(RECOVERY_ARGS) || rc=1; \
 	  echo "== bench.estimates"; $(BIN)/python -m bench.estimates $(ESTIMATE_ARGS) || rc=1; \
+	  echo "== bench.profiles_form"; $(BIN)/python -m bench.profiles_form $(PROFILES_ARGS) || rc=1; \
 	  exit $$rc'
 
 clean:

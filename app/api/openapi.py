@@ -11,7 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from app.api import bp
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
-from app.schemas.profiles import ProfileCreate, ProfileOut
+from app.schemas.profiles import ImportResult, ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
 from app.schemas.queue import HealthOut, QueueOut
 
 ERRORS = {
@@ -44,6 +44,27 @@ def _id(name: str) -> list[dict[str, Any]]:
     return [{"in": "path", "name": name, "required": True, "schema": {"type": "integer"}}]
 
 
+def _import_op() -> dict[str, Any]:
+    operation = _op("Import profiles by name, all or nothing", ("200", "ImportResult"), errors=("413", "422"))
+    operation["description"] = (
+        "CSV (header `name,tags,<attribute columns>`; tags split on spaces, commas or semicolons; empty cells"
+        " left out) or JSON Lines (one ProfileCreate object a line). A profile whose name exists is updated"
+        " (attributes and tags replaced). A bad line is named in a 422 (counted in the file, a CSV header"
+        " being line 1) and nothing is imported. Bodies over 1 MiB get 413: split larger files."
+    )
+    text = {"schema": {"type": "string"}}
+    operation["requestBody"] = {"required": True, "content": {"text/csv": text, "application/x-ndjson": text}}
+    operation["responses"]["400"] = {"description": "another Content-Type", **_json("Error")}
+    return operation
+
+
+def _delete_op() -> dict[str, Any]:
+    operation = _op("Delete a profile", ("204", "Error"), errors=("404", "409"))
+    operation["responses"]["204"] = {"description": "deleted"}
+    operation["responses"]["409"]["description"] = "a queued or running batch uses the profile"
+    return operation
+
+
 @cache
 def build_spec() -> dict[str, Any]:
     """Describe every endpoint of the contract."""
@@ -61,6 +82,8 @@ def build_spec() -> dict[str, Any]:
         "Error": ErrorSchema,
         "Profile": ProfileOut,
         "ProfileCreate": ProfileCreate,
+        "ProfilePatch": ProfilePatch,
+        "ImportResult": ImportResult,
         "ProfileList": list_schema(ProfileOut, "ProfileList"),
         "Batch": BatchOut,
         "BatchCreate": BatchCreate,
@@ -79,9 +102,16 @@ def build_spec() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {
         "/profiles": {
             "post": _op("Create a profile", ("201", "Profile"), body="ProfileCreate", errors=("409", "413", "422")),
-            "get": _op("List profiles", ("200", "ProfileList"), query=PageArgs),
+            "get": _op("List profiles", ("200", "ProfileList"), query=ProfileListArgs),
         },
-        "/profiles/{profile_id}": {"get": _op("Get a profile", ("200", "Profile"), errors=("404",))},
+        "/profiles/import": {"post": _import_op()},
+        "/profiles/{profile_id}": {
+            "get": _op("Get a profile", ("200", "Profile"), errors=("404",)),
+            "patch": _op(
+                "Edit a profile", ("200", "Profile"), body="ProfilePatch", errors=("404", "409", "413", "422")
+            ),
+            "delete": _delete_op(),
+        },
         "/batches": {"post": create, "get": _op("List batches", ("200", "BatchList"), query=BatchListArgs)},
         "/batches/{batch_id}": {"get": _op("Get a batch", ("200", "Batch"), errors=("404",))},
         "/batches/{batch_id}/items": {

@@ -11,6 +11,7 @@ from app.models import BatchStatus, ItemStatus
 from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
 from app.schemas.common import PageArgs
+from app.schemas.profiles import Tag
 from app.services.waiting import WaitingCode, waiting_of
 
 MAX_PROFILES = 10_000
@@ -20,11 +21,13 @@ MAX_LOG_ID = 2**63 - 1
 
 class BatchCreate(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    # Either or both: the batch gets the union, resolved when it is created (app/services/batches.py).
     profile_ids = fields.List(
         fields.Integer(strict=True, validate=validate.Range(min=1)),
-        required=True,
-        validate=validate.Length(min=1, max=MAX_PROFILES),
+        load_default=list,
+        validate=validate.Length(max=MAX_PROFILES),
     )
+    profile_tags = fields.List(Tag(), validate=validate.Length(max=100))
     processor = fields.String(required=True)
     parameters = fields.Dict(keys=fields.String(), load_default=dict)
     # Absent: the processor's own limit, else ITEM_TIMEOUT_DEFAULT (app/services/batches.py).
@@ -34,6 +37,13 @@ class BatchCreate(Schema):
     def distinct_profiles(self, value: list[int], **_: Any) -> None:
         if len(set(value)) != len(value):
             raise ValidationError("profile ids must be distinct")
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def some_profiles(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        # Only when nothing was asked for: a bad list already has its own message.
+        asked = isinstance(original, dict) and original.get("profile_tags")
+        if "profile_ids" in data and not data["profile_ids"] and not asked:
+            raise ValidationError("choose at least one profile, by id or by tag", field_name="profile_ids")
 
     @validates_schema(skip_on_field_errors=False)
     def parameters_fit_processor(self, data: dict[str, Any], **_: Any) -> None:

@@ -16,9 +16,10 @@ from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
 from app.models.batches import queued_ahead
+from app.schemas.batches import MAX_PROFILES
 from app.services import queue_manager, storable_id
 from app.services.pages import Page, paginate
-from app.services.profiles import missing_profile_ids
+from app.services.profiles import ids_by_tags, lock_live_profiles
 from app.services.queue_manager import NewBatch
 from app.services.waiting import judge_queued
 
@@ -32,21 +33,40 @@ def create_batch(
     data: dict[str, Any], actor: str, idempotency_key: str | None = None, raw_body: dict[str, Any] | None = None
 ) -> tuple[Batch, bool]:
     """Queue a validated batch; return it and whether it is new (False for an idempotent repeat)."""
-    missing = missing_profile_ids(data["profile_ids"])
-    if missing:
-        shown = ", ".join(str(pid) for pid in missing[:20])
-        raise InvalidInput("unknown profiles", {"profile_ids": [f"unknown profile ids: {shown}"]})
+    profile_ids = chosen_profiles(data["profile_ids"], data.get("profile_tags") or [])
     new = NewBatch(
         name=data["name"],
         processor=data["processor"],
         parameters=data["parameters"],
-        profile_ids=data["profile_ids"],
+        profile_ids=profile_ids,
         item_timeout=effective_item_timeout(data.get("item_timeout"), data["processor"]),
         created_by=actor,
         idempotency_key=idempotency_key,
         request_digest=request_digest(raw_body if raw_body is not None else data) if idempotency_key else None,
     )
     return queue_manager.enqueue(new)
+
+
+def chosen_profiles(profile_ids: list[int], tags: list[str]) -> list[int]:
+    """The batch's profiles: the ids given, then those of the tags not among them, each existing and locked.
+
+    Tags are resolved here, once, so the batch keeps the profiles its tags
+    named at creation. The lock (held until the batch is committed) keeps a
+    concurrent delete from taking one of them away meanwhile.
+    """
+    tagged, unknown_tags = ids_by_tags(tags)
+    if unknown_tags:
+        raise InvalidInput("unknown tags", {"profile_tags": [f"no profile is tagged {', '.join(unknown_tags)}"]})
+    given = set(profile_ids)
+    union = profile_ids + [pid for pid in tagged if pid not in given]
+    if len(union) > MAX_PROFILES:
+        field = "profile_tags" if tags else "profile_ids"
+        raise InvalidInput("too many profiles", {field: [f"{len(union)} profiles chosen; at most {MAX_PROFILES}"]})
+    missing = lock_live_profiles(union)
+    if missing:
+        shown = ", ".join(str(pid) for pid in missing[:20])
+        raise InvalidInput("unknown profiles", {"profile_ids": [f"unknown profile ids: {shown}"]})
+    return union
 
 
 def effective_item_timeout(requested: float | None, processor_name: str) -> float:

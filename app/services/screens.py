@@ -24,7 +24,8 @@ class ItemRow:
 
 def profile_choices() -> list[tuple[int, str]]:
     """Return every profile as (id, name), by name: the creation form's checkboxes."""
-    rows = db.session.execute(select(Profile.id, Profile.name).order_by(Profile.name, Profile.id))
+    query = select(Profile.id, Profile.name).where(Profile.deleted_at.is_(None)).order_by(Profile.name, Profile.id)
+    rows = db.session.execute(query)
     return [(row.id, row.name) for row in rows]
 
 

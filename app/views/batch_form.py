@@ -50,6 +50,7 @@ class FormState:
     name: str = ""
     processor: str = ""
     profile_ids: set[int] = field(default_factory=set)
+    profile_tags: set[str] = field(default_factory=set)
     item_timeout: str = ""  # as typed; empty for the processor's or the service's default
     values: dict[str, str] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
@@ -165,6 +166,8 @@ def read_form(form: MultiDict[str, str]) -> tuple[FormState, dict[str, Any] | No
         if raw.isdigit():
             profile_ids.append(int(raw))
     state.profile_ids = set(profile_ids)
+    profile_tags = [tag for tag in form.getlist("profile_tags") if tag]
+    state.profile_tags = set(profile_tags)
     params = parameter_fields(state.processor)
     parameters: dict[str, Any] = {}
     for param in params:
@@ -174,6 +177,8 @@ def read_form(form: MultiDict[str, str]) -> tuple[FormState, dict[str, Any] | No
         if present:
             parameters[param.name] = value
     body = {"name": state.name, "profile_ids": profile_ids, "processor": state.processor, "parameters": parameters}
+    if profile_tags:
+        body["profile_tags"] = profile_tags
     state.item_timeout = form.get("item_timeout", "")
     if state.item_timeout.strip():
         body["item_timeout"] = _number(state.item_timeout.strip())
@@ -201,14 +206,14 @@ def apply_errors(state: FormState, messages: dict[str, Any]) -> None:
                         else param_messages
                     )
                 state.add_error(target, param_messages)
-        elif key in ("name", "profile_ids", "processor", "item_timeout"):
+        elif key in ("name", "profile_ids", "profile_tags", "processor", "item_timeout"):
             state.add_error(key, value)
         else:
             state.add_error("form", value)
 
 
 def apply_service_error(state: FormState, error: InvalidInput) -> None:
-    """Put a service's validation error (unknown profiles) beside its input."""
+    """Put a service's validation error (unknown profiles or tags) beside its input."""
     apply_errors(state, dict(error.fields or {"form": [error.message]}))
 
 

@@ -29,7 +29,7 @@ from flask_wtf import FlaskForm
 from app import live, processors
 from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
-from app.services import batches, queue_manager, screens
+from app.services import batches, profiles, queue_manager, screens
 from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
     FormState,
@@ -192,6 +192,7 @@ def _render_new(state: FormState, status: int = 200) -> ResponseReturnValue:
     context = {
         "state": state,
         "profiles": screens.profile_choices(),
+        "tags": profiles.tag_counts(),
         "processors": [(name, processors.get(name)) for name in names],
         "param_fields": all_parameter_fields(),
         "item_timeout_default": current_app.config["ITEM_TIMEOUT_DEFAULT"],

@@ -31,7 +31,7 @@ BATCH_KEYS = {
     "waiting_reason": (str, type(None)),
     "estimated_start_at": (str, type(None)),
 }
-PROFILE_KEYS = {"id": int, "name": str, "attributes": dict, "created_at": str}
+PROFILE_KEYS = {"id": int, "name": str, "attributes": dict, "tags": list, "created_at": str}
 LIST_KEYS = {"items": list, "total": int, "page": int, "per_page": int}
 
 

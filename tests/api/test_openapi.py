@@ -15,6 +15,9 @@ CONTRACT = [
     ("post", "/profiles"),
     ("get", "/profiles"),
     ("get", "/profiles/{id}"),
+    ("patch", "/profiles/{id}"),
+    ("delete", "/profiles/{id}"),
+    ("post", "/profiles/import"),
     ("post", "/batches"),
     ("get", "/batches"),
     ("get", "/batches/{id}"),
@@ -117,7 +120,7 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
                 "estimated_start_at",
             },
         ),
-        ("Profile", {"id", "name", "attributes", "created_at"}),
+        ("Profile", {"id", "name", "attributes", "tags", "created_at"}),
         (
             "Queue",
             {

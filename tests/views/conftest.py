@@ -54,6 +54,16 @@ class Factory:
             db.session.remove()
         return ids
 
+    def tag(self, profile_ids: list[int], *tags: str) -> None:
+        """Give the profiles exactly these tags."""
+        with self.app.app_context():
+            db.session.execute(
+                db.text("UPDATE profiles SET tags = :tags WHERE id = ANY(:ids)"),
+                {"tags": list(tags), "ids": profile_ids},
+            )
+            db.session.commit()
+            db.session.remove()
+
     def batch(self, status: str, position: int | None = None, **values: Any) -> int:
         """Insert a batch with `status` and `position` (and one item per given profile)."""
         self.count += 1

@@ -164,3 +164,24 @@ def test_new_page_handles_thousands_of_profiles(client: FlaskClient, make: Facto
     response = client.get("/batches/new")
     assert response.status_code == 200
     assert len(soup_of(response).select("#profile-list li")) == 3000
+
+
+def test_create_form_offers_tags_with_counts_and_creates_by_tag(app: Flask, client: FlaskClient, make: Factory) -> None:
+    ids = make.profiles(3)
+    make.tag(ids[:2], "eu-west")
+    soup = soup_of(client.get("/batches/new"))
+    boxes = soup.select("#profile-tags input[name=profile_tags]")
+    assert [box["value"] for box in boxes] == ["eu-west"]
+    assert "(2)" in boxes[0].parent.get_text()
+    data = {"name": "by tag", "processor": "noop", "profile_tags": "eu-west", "profile_ids": [str(ids[2])]}
+    assert client.post("/batches", data=data).status_code == 302
+    with app.app_context():
+        assert db.session.query(Batch).filter_by(name="by tag").one().profile_ids == [ids[2], ids[0], ids[1]]
+        db.session.remove()
+
+
+def test_create_form_unknown_tag_is_shown_beside_the_tags(client: FlaskClient, make: Factory) -> None:
+    make.profiles(1)
+    response = client.post("/batches", data={"name": "t", "processor": "noop", "profile_tags": "gone"})
+    assert response.status_code == 422
+    assert "gone" in soup_of(response).select_one("#profile_tags-error").get_text()
