@@ -147,8 +147,12 @@ class BatchFilterArgs(Schema):
     status = StatusList(metadata={"description": "one or more statuses, repeated or comma-separated"})
     processor = fields.String(validate=validate.Length(max=100), metadata={"description": "processor name"})
     created_by = fields.String(validate=validate.Length(max=200), metadata={"description": "who created it"})
-    created_after = Moment(metadata={"description": "created at or after (ISO 8601; a date means 00:00 UTC)"})
-    created_before = Moment(metadata={"description": "created before (ISO 8601; a date means 00:00 UTC)"})
+    created_after = Moment(
+        metadata={"type": "string", "description": "created at or after (ISO 8601; a date means 00:00 UTC)"}
+    )
+    created_before = Moment(
+        metadata={"type": "string", "description": "created before (ISO 8601; a date means 00:00 UTC)"}
+    )
 
     @validates_schema
     def dates_in_order(self, data: dict[str, Any], **_: Any) -> None:
