@@ -60,11 +60,13 @@
   }
 
   // refresh(hint) notes a hint (null: everything) and runs; refresh() only runs what is pending.
-  // While a row is being dragged (table-dnd.js) the table is not replaced under it: hints wait
+  // While a row is being dragged (table.js) the table is not replaced under it: hints wait
   // until the drop or the cancel, which fires "batchq:drag-end".
   function refresh(hint) {
     if (hint !== undefined) note(hint);
-    if (!pending || busy || gapTimer || body.dataset.dragging) return;
+    if (pending && body.dataset.dragging) { body.dataset.liveHeld = "true"; return; }
+    if (!pending || busy || gapTimer) return;
+    delete body.dataset.liveHeld;
     var wait = pending.itemOnly ? lastDone + ITEM_GAP_MS - Date.now() : 0;
     if (wait > 0) {
       gapTimer = setTimeout(function () { gapTimer = null; refresh(); }, wait);

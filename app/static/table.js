@@ -1,4 +1,8 @@
-/* batchq: reordering queued rows of the batch table by drag and drop, with the mouse or the keyboard.
+/* batchq: the batch table's filter form, and reordering queued rows by drag and drop, with the
+ * mouse or the keyboard.
+ *
+ * The filter form leaves its empty fields out of the URL, so a link to a filtered table says only
+ * what it filters on.
  *
  * Every drop is one "to position" form submission (the row's own form, so htmx posts it with its
  * CSRF token and swaps the table in): one call to the queue manager, which keeps the queue's rules
@@ -13,6 +17,19 @@
  */
 (function () {
   "use strict";
+
+  var filters = document.getElementById("batch-filters");
+  if (filters) {
+    filters.addEventListener("submit", function () {
+      Array.prototype.forEach.call(filters.elements, function (el) {
+        if (el.name && el.type !== "checkbox" && el.value === "") el.disabled = true;
+      });
+      // Back to the page from history: the fields must be usable again.
+      setTimeout(function () {
+        Array.prototype.forEach.call(filters.elements, function (el) { el.disabled = false; });
+      }, 0);
+    });
+  }
 
   var body = document.body;
   var region = document.getElementById("table-region");
