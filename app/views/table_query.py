@@ -17,6 +17,17 @@ from app.schemas.batches import TableFilterArgs
 from app.schemas.common import query_data
 from app.services.batches import BatchFilter
 
+# How the filter form names each query parameter, for its error lines.
+LABELS = {
+    "q": "Name",
+    "status": "Status",
+    "processor": "Processor",
+    "created_by": "Created by",
+    "from": "Created from",
+    "to": "to",
+    "page": "Page",
+}
+
 
 @dataclass
 class TableQuery:
@@ -39,6 +50,10 @@ class TableQuery:
 
     def get(self, key: str) -> Any:
         return self.values.get(key)
+
+    def error_lines(self) -> list[tuple[str, str]]:
+        """(parameter, sentence) for each filter left out."""
+        return [(key, f"{LABELS.get(key, key)}: {' '.join(messages)}") for key, messages in self.errors.items()]
 
     def filters(self) -> BatchFilter:
         """The filter the service applies: `to` includes its whole (UTC) day."""
