@@ -44,8 +44,16 @@ def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
 @bp.get("/batches")
 def list_batches() -> dict[str, Any]:
     args = load_args(BatchListArgs())
+    filters = batches.BatchFilter(
+        q=args.get("q"),
+        statuses=tuple(args.get("status", ())),
+        processor=args.get("processor"),
+        created_by=args.get("created_by"),
+        created_after=args.get("created_after"),
+        created_before=args.get("created_before"),
+    )
     read_snapshot()
-    return page_body(batches.list_batches(args["page"], args["per_page"], args.get("status")), batch_out)
+    return page_body(batches.list_batches(args["page"], args["per_page"], filters), batch_out)
 
 
 @bp.get("/batches/<int:batch_id>")

@@ -8,6 +8,7 @@ from flask import request
 from marshmallow import Schema
 
 from app.errors import AppError, InvalidInput
+from app.schemas.common import query_data
 
 
 class MalformedBody(AppError):
@@ -60,7 +61,7 @@ def load_body(schema: Schema) -> dict[str, Any]:
 
 def load_args(schema: Schema) -> dict[str, Any]:
     """Validate query-string arguments, ignoring unknown ones."""
-    return schema.load(request.args.to_dict(), unknown="exclude")
+    return schema.load(query_data(schema, request.args), unknown="exclude")
 
 
 def page_body(page: Any, item_schema: Schema) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
@@ -10,7 +11,7 @@ from app import processors
 from app.models import BatchStatus, ItemStatus
 from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
-from app.schemas.common import PageArgs
+from app.schemas.common import MAX_PAGE, PageArgs
 from app.schemas.profiles import Tag
 from app.services.waiting import WaitingCode, waiting_of
 
@@ -113,8 +114,82 @@ class BatchOut(Schema):
         }
 
 
-class BatchListArgs(PageArgs):
-    status = fields.String(validate=validate.OneOf([s.value for s in BatchStatus]))
+STATUS_VALUES = [status.value for status in BatchStatus]
+
+
+class Moment(fields.Field):
+    """An ISO 8601 date (midnight UTC) or date-time (UTC unless it names its offset)."""
+
+    default_error_messages = {
+        "invalid": "Not a valid date or date-time (ISO 8601, e.g. 2025-03-01 or 2025-03-01T08:00)."
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or not value.strip():
+            raise self.make_error("invalid")
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise self.make_error("invalid") from None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class StatusList(fields.List):
+    """`?status=queued&status=failed`, or `?status=queued,failed`: a set of known statuses."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(validate=validate.OneOf(STATUS_VALUES)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any | None]:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in values):
+            raise self.make_error("invalid")
+        parts = [part.strip() for item in values for part in item.split(",") if part.strip()]
+        if not parts:
+            raise ValidationError("name at least one status, or leave the parameter out")
+        return list(dict.fromkeys(super()._deserialize(parts, attr, data, **kwargs)))
+
+
+class BatchFilterArgs(Schema):
+    """The batch list's filters, shared by the API and the table (which names the dates `from` and `to`)."""
+
+    q = fields.String(validate=validate.Length(max=200), metadata={"description": "name contains (any case)"})
+    status = StatusList(metadata={"description": "one or more statuses, repeated or comma-separated"})
+    processor = fields.String(validate=validate.Length(max=100), metadata={"description": "processor name"})
+    created_by = fields.String(validate=validate.Length(max=200), metadata={"description": "who created it"})
+    created_after = Moment(
+        metadata={"type": "string", "description": "created at or after (ISO 8601; a date means 00:00 UTC)"}
+    )
+    created_before = Moment(
+        metadata={"type": "string", "description": "created before (ISO 8601; a date means 00:00 UTC)"}
+    )
+
+    @validates_schema
+    def dates_in_order(self, data: dict[str, Any], **_: Any) -> None:
+        after, before = data.get("created_after"), data.get("created_before")
+        if after is not None and before is not None and before <= after:
+            raise ValidationError("must be later than created_after", field_name="created_before")
+
+
+class BatchListArgs(PageArgs, BatchFilterArgs):
+    pass
+
+
+class TableFilterArgs(BatchFilterArgs):
+    """The table's filters: whole days from `from` to `to`, both included, instead of two instants."""
+
+    class Meta:
+        exclude = ("created_after", "created_before")
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    created_from = fields.Date(data_key="from")
+    created_to = fields.Date(data_key="to")
+
+    @validates_schema
+    def days_in_order(self, data: dict[str, Any], **_: Any) -> None:
+        first, last = data.get("created_from"), data.get("created_to")
+        if first is not None and last is not None and last < first:
+            raise ValidationError("must not be before the 'from' date", field_name="to")
 
 
 class ItemOut(Schema):
@@ -140,3 +215,9 @@ class LogOut(Schema):
 
 class MoveBody(Schema):
     position = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class MoveForm(Schema):
+    """The table's "to position" form: the same rule as MoveBody, from a form's text."""
+
+    position = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))

@@ -1,6 +1,9 @@
 """Schemas shared by several resources."""
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
+from werkzeug.datastructures import MultiDict
 
 # No list has this many pages; the bound keeps the row offset inside PostgreSQL's bigint.
 MAX_PAGE = 2**31 - 1
@@ -34,3 +37,9 @@ def list_schema(item: type[Schema], name: str) -> type[Schema]:
         },
         name=name,
     )
+
+
+def query_data(schema: Schema, args: MultiDict[str, str]) -> dict[str, Any]:
+    """A query string as the schema reads it: every value of a list field, the first of any other."""
+    multi = {field.data_key or name for name, field in schema.load_fields.items() if isinstance(field, fields.List)}
+    return {key: values if key in multi else values[0] for key, values in args.lists()}

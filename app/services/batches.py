@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import case, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -101,13 +103,48 @@ def table_order() -> tuple[Any, ...]:
     )
 
 
-def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Batch]:
-    """List batches in table order, optionally of one status."""
-    query = select(Batch).options(defer(Batch.queue_position)).order_by(*table_order())
-    if status:
-        query = query.where(Batch.status == status)
+@dataclass(frozen=True)
+class BatchFilter:
+    """What the table and `GET /batches` narrow the list to; an empty filter lists everything."""
+
+    q: str | None = None
+    statuses: tuple[str, ...] = ()
+    processor: str | None = None
+    created_by: str | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # exclusive
+
+    def conditions(self) -> list[Any]:
+        found: list[Any] = []
+        if self.q:
+            found.append(Batch.name.ilike(f"%{_escape_like(self.q)}%", escape="\\"))
+        if self.statuses:
+            found.append(Batch.status.in_(self.statuses))
+        if self.processor:
+            found.append(Batch.processor == self.processor)
+        if self.created_by:
+            found.append(Batch.created_by == self.created_by)
+        if self.created_after is not None:
+            found.append(Batch.created_at >= self.created_after)
+        if self.created_before is not None:
+            found.append(Batch.created_at < self.created_before)
+        return found
+
+
+def _escape_like(text: str) -> str:
+    """Search for `%` and `_` as themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_batches(page: int, per_page: int, filters: BatchFilter | None = None) -> Page[Batch]:
+    """List batches in table order, narrowed by the filters."""
+    conditions = filters.conditions() if filters is not None else []
+    query = select(Batch).options(defer(Batch.queue_position)).where(*conditions).order_by(*table_order())
     listing = paginate(query, page, per_page)
-    _number_positions(listing.items)
+    if conditions:
+        _look_up_positions(listing.items)
+    else:
+        _number_positions(listing.items)
     judge_queued(listing.items)
     return listing
 
@@ -115,8 +152,8 @@ def list_batches(page: int, per_page: int, status: str | None = None) -> Page[Ba
 def _number_positions(page: list[Batch]) -> None:
     """Set the queue positions of a page in table order with one count, not one per row.
 
-    The queued batches of a page are consecutive in queue order, so only the
-    first one's position is counted; the rest follow it.
+    Unfiltered, the queued batches of a page are consecutive in queue order, so
+    only the first one's position is counted; the rest follow it.
     """
     queued = [batch for batch in page if batch.queue_rank is not None]
     first = 0
@@ -130,6 +167,33 @@ def _number_positions(page: list[Batch]) -> None:
             first += 1
             position = first
         set_committed_value(batch, "queue_position", position)
+
+
+def _look_up_positions(page: list[Batch]) -> None:
+    """Set the true queue positions of a filtered page, whose queued rows may skip places.
+
+    One numbering of the whole queue rather than a count per row: a page of 50
+    queued rows in a queue of 10,000 would otherwise count half a million ranks.
+    """
+    ids = [batch.id for batch in page if batch.queue_rank is not None]
+    positions: dict[int, int] = {}
+    if ids:
+        numbered = (
+            select(Batch.id, func.row_number().over(order_by=Batch.queue_rank).label("position"))
+            .where(Batch.queue_rank.is_not(None))
+            .subquery()
+        )
+        rows = db.session.execute(select(numbered.c.id, numbered.c.position).where(numbered.c.id.in_(ids)))
+        positions = {row.id: row.position for row in rows}
+    for batch in page:
+        position = 0 if batch.status in RUNNING_STATUSES else positions.get(batch.id)
+        set_committed_value(batch, "queue_position", position)
+
+
+def creators() -> list[str]:
+    """Everyone who has created a batch, by name: the table's "created by" suggestions."""
+    query = select(Batch.created_by).where(Batch.created_by.is_not(None)).distinct().order_by(Batch.created_by)
+    return [name for name in db.session.scalars(query) if name]
 
 
 def list_items(batch_id: int, page: int, per_page: int) -> Page[BatchItem]:

@@ -60,9 +60,13 @@
   }
 
   // refresh(hint) notes a hint (null: everything) and runs; refresh() only runs what is pending.
+  // While a row is being dragged (table.js) the table is not replaced under it: hints wait
+  // until the drop or the cancel, which fires "batchq:drag-end".
   function refresh(hint) {
     if (hint !== undefined) note(hint);
+    if (pending && body.dataset.dragging) { body.dataset.liveHeld = "true"; return; }
     if (!pending || busy || gapTimer) return;
+    delete body.dataset.liveHeld;
     var wait = pending.itemOnly ? lastDone + ITEM_GAP_MS - Date.now() : 0;
     if (wait > 0) {
       gapTimer = setTimeout(function () { gapTimer = null; refresh(); }, wait);
@@ -82,6 +86,8 @@
   }
 
   function refreshAll() { refresh(null); }
+
+  document.addEventListener("batchq:drag-end", function () { refresh(); });
 
   // --- the stream and the polling fallback -------------------------------------
 
@@ -177,16 +183,32 @@
   }
 
   // --- times in the browser's own time zone ----------------------------------------
-  // The server writes HH:MM in UTC into <time data-local-time datetime=ISO>; shown here in local time,
+  // The server writes UTC into <time data-local-time="clock|short" datetime=ISO title="… UTC">: HH:MM, or
+  // HH:MM:SS today and YYYY-MM-DD HH:MM before. Shown here in local time (the title keeps UTC, for hover),
   // again after every live swap (a mutation observer catches morphs, appends and text changed in place).
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function localText(at, style) {
+    var clock = pad(at.getHours()) + ":" + pad(at.getMinutes());
+    if (style !== "short") return clock;
+    if (at.toDateString() === new Date().toDateString()) return clock + ":" + pad(at.getSeconds());
+    return at.getFullYear() + "-" + pad(at.getMonth() + 1) + "-" + pad(at.getDate()) + " " + clock;
+  }
 
   function localizeTimes(root) {
     (root || document).querySelectorAll("time[data-local-time]").forEach(function (el) {
       var at = new Date(el.getAttribute("datetime"));
       if (isNaN(at)) return;
-      var text = at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
+      var text = localText(at, el.dataset.localTime);
       if (el.textContent !== text) el.textContent = text;
-      el.title = at.toLocaleString();
+      if (!el.title) el.title = at.toISOString().replace("T", " ").slice(0, 19) + " UTC";
+    });
+    var zone = "";
+    try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { zone = ""; }
+    (root || document).querySelectorAll("[data-time-zone-note]").forEach(function (el) {
+      var text = "times in your time zone" + (zone ? " (" + zone + ")" : "") + ", UTC on hover";
+      if (el.textContent !== text) el.textContent = text;
     });
   }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from flask import (
     Blueprint,
@@ -25,10 +25,13 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
+from marshmallow import ValidationError
+from werkzeug.datastructures import MultiDict
 
 from app import live, processors
 from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
+from app.schemas.batches import MoveForm
 from app.services import batches, profiles, queue_manager, screens
 from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
@@ -37,6 +40,7 @@ from app.views.batch_form import (
     apply_service_error,
     read_form,
 )
+from app.views.table_query import TableQuery, read_table_query
 
 bp = Blueprint("batches", __name__)
 
@@ -61,26 +65,19 @@ def _int_arg(name: str, default: int) -> int:
     return value if value is not None and value >= 1 else default
 
 
-def _table_args() -> dict[str, Any]:
-    status = request.args.get("status") or None
-    if status not in STATUSES:
-        status = None
-    return {"page": _int_arg("page", 1), "status": status}
-
-
-def _table_context(page: int, status: str | None) -> dict[str, Any]:
+def _table_context(query: TableQuery) -> dict[str, Any]:
     read_snapshot()
-    listing = batches.list_batches(page, PER_PAGE, status)
+    listing = batches.list_batches(query.page, PER_PAGE, query.filters())
     last_page = max(1, -(-listing.total // PER_PAGE))
     queue = queue_manager.snapshot()
     return {
         "listing": listing,
         "last_page": last_page,
-        "status": status,
+        "query": query,
         "statuses": STATUSES,
         "queue": queue,
         "queued_last": queue.queued_count,  # the last queued batch's position
-        "self_url": url_for("batches.index", page=page if page > 1 else None, status=status),
+        "self_url": url_for("batches.index", **query.url_args()),
         "action_form": FlaskForm(),
     }
 
@@ -88,11 +85,12 @@ def _table_context(page: int, status: str | None) -> dict[str, Any]:
 @bp.get("/")
 @bp.get("/batches")
 def index() -> ResponseReturnValue:
-    args = _table_args()
-    context = _table_context(args["page"], args["status"])
+    query = read_table_query(request.args)
+    context = _table_context(query)
     if _is_htmx():
         return render_template("batches/_table_region.html", **context)
-    return render_template("batches/index.html", **context)
+    context.update(processor_names=processors.names(), creators=batches.creators())
+    return render_template("batches/index.html", **context), 422 if query.errors else 200
 
 
 def _back_to_table() -> str:
@@ -112,13 +110,8 @@ def _after_control() -> ResponseReturnValue:
     segments = parts.path.strip("/").split("/")
     if len(segments) == 2 and segments[0] == "batches" and segments[1].isdigit():
         return _detail_region(int(segments[1]))
-    query = parse_qs(parts.query)
-    status: str | None = (query.get("status") or [None])[0]  # type: ignore[list-item]
-    page = (query.get("page") or ["1"])[0]
-    context = _table_context(
-        int(page) if page.isdigit() and int(page) >= 1 else 1, status if status in STATUSES else None
-    )
-    return render_template("batches/_table_region.html", **context)
+    query = read_table_query(MultiDict(parse_qsl(parts.query)))
+    return render_template("batches/_table_region.html", **_table_context(query))
 
 
 def _control(run: Callable[[], str]) -> ResponseReturnValue:
@@ -169,6 +162,34 @@ def move_up(batch_id: int) -> ResponseReturnValue:
 @bp.post("/batches/<int:batch_id>/move-down")
 def move_down(batch_id: int) -> ResponseReturnValue:
     return _move(batch_id, +1)
+
+
+@bp.post("/batches/<int:batch_id>/move-top")
+def move_top(batch_id: int) -> ResponseReturnValue:
+    return _move_to(batch_id, lambda: 1)
+
+
+@bp.post("/batches/<int:batch_id>/move")
+def move_to(batch_id: int) -> ResponseReturnValue:
+    """The "to position" form, also what a drag and drop sends: one move, to where it was dropped."""
+
+    def position() -> int:
+        try:
+            data = MoveForm().load({"position": request.form.get("position", "").strip()})
+        except ValidationError as exc:
+            messages = exc.normalized_messages().get("position", ["is not valid"])
+            raise InvalidInput(f"Position: {' '.join(messages)}", exc.normalized_messages()) from None
+        return int(data["position"])
+
+    return _move_to(batch_id, position)
+
+
+def _move_to(batch_id: int, position: Callable[[], int]) -> ResponseReturnValue:
+    def run() -> str:
+        batch = queue_manager.move(batch_id, position(), current_user.username)
+        return f"Batch {batch.id} is now #{batch.queue_position}."
+
+    return _control(run)
 
 
 @bp.post("/queue/start")

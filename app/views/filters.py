@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask
+from markupsafe import Markup
 
 from app.models import Batch, BatchStatus
 from app.models._types import utcnow
@@ -36,6 +37,20 @@ def short_time(value: datetime | None) -> str:
     if value.date() == utcnow().date():
         return value.strftime("%H:%M:%S")
     return value.strftime("%Y-%m-%d %H:%M")
+
+
+def moment(value: datetime | None, style: str = "short") -> Markup | str:
+    """A time as the pages show it: UTC from the server, the browser's time zone once app.js has run.
+
+    The title keeps the UTC time, so hovering always tells the absolute time.
+    """
+    if value is None:
+        return "-"
+    text = clock(value) if style == "clock" else short_time(value)
+    utc = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup('<time datetime="{}" data-local-time="{}" title="{}">{}</time>').format(
+        value.isoformat(), style, utc, text
+    )
 
 
 def iso(value: datetime | None) -> str:
@@ -88,6 +103,7 @@ def register(app: Flask) -> None:
     )
     app.jinja_env.globals.update(
         duration=duration,
+        moment=moment,
         position_label=position_label,
         waiting_of=waiting_of,
         service_problems=service_problems,

@@ -167,7 +167,7 @@ def test_page_controls_move_remove_stop_and_start(page: Page, app: Flask, api: A
 
     row(page, running["id"]).locator('[data-action="stop"]').click()
     expect(row(page, running["id"]).locator("td.batch-status")).to_have_text("stopped", ignore_case=True, timeout=15000)
-    expect(row(page, running["id"]).locator(".phase")).to_have_text("Stopped by alice")
+    expect(row(page, running["id"]).locator(".batch-error")).to_have_text("Stopped by alice")
     expect(page.locator("#queue-banner")).to_contain_text("stopped by alice")
     expect(page.locator("#start-button")).to_be_enabled()
     assert cells(page, b["id"]) == ("queued", "#1")

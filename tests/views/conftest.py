@@ -74,12 +74,12 @@ class Factory:
                 name=values.pop("name", f"batch {self.count}"),
                 status=status,
                 queue_rank=position * 1000 if status == "queued" and position is not None else None,
-                processor="noop",
+                processor=values.pop("processor", "noop"),
                 parameters={},
                 profile_ids=profile_ids,
-                total_items=len(profile_ids),
+                total_items=values.pop("total_items", len(profile_ids)),
                 created_at=values.pop("created_at", now - timedelta(seconds=100 - self.count)),
-                created_by="tests",
+                created_by=values.pop("created_by", "tests"),
                 **values,
             )
             db.session.add(batch)

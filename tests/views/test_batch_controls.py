@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from bs4 import BeautifulSoup
 from flask import Flask
 from flask.testing import FlaskClient
@@ -109,3 +110,65 @@ def test_controls_accept_the_page_csrf_token(app: Flask, client: FlaskClient, ma
     data = {field["name"]: field.get("value", "") for field in form.select("input[type=hidden]")}
     client.post(form["action"], data=data)
     assert state(app, queued) == ("cancelled", None)
+
+
+def _log(app: Flask, batch_id: int) -> list[str]:
+    with app.app_context():
+        messages = [line.message for line in db.session.query(BatchLog).filter_by(batch_id=batch_id)]
+        db.session.remove()
+    return messages
+
+
+def test_move_top_puts_a_queued_batch_first(app: Flask, client: FlaskClient, make: Factory) -> None:
+    make.pause()
+    a, b, c = make.batch("queued", 1), make.batch("queued", 2), make.batch("queued", 3)
+    response = client.post(f"/batches/{c}/move-top", data={"next": "/batches"}, headers=HTMX)
+    soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    assert soup.select_one("#flashes[hx-swap-oob]").get_text(strip=True) == f"Batch {c} is now #1."
+    assert [state(app, x)[1] for x in (a, b, c)] == [2, 3, 1]
+    assert "moved from #3 to #1 by alice" in _log(app, c)
+
+
+def test_move_to_a_position_from_the_form(app: Flask, client: FlaskClient, make: Factory) -> None:
+    make.pause()
+    a, b, c, d = (make.batch("queued", n) for n in range(1, 5))
+    client.post(f"/batches/{a}/move", data={"position": " 3 "})
+    assert [state(app, x)[1] for x in (a, b, c, d)] == [3, 1, 2, 4]
+    client.post(f"/batches/{b}/move", data={"position": "99"})  # past the end means last
+    assert [state(app, x)[1] for x in (a, b, c, d)] == [2, 4, 1, 3]
+    assert "moved from #1 to #4 by alice" in _log(app, b)
+
+
+@pytest.mark.parametrize("position", ["0", "-2", "abc", "", "2.5", "99999999999"])
+def test_move_to_a_bad_position_names_the_field_and_changes_nothing(
+    app: Flask, client: FlaskClient, make: Factory, position: str
+) -> None:
+    make.pause()
+    a, b = make.batch("queued", 1), make.batch("queued", 2)
+    response = client.post(f"/batches/{b}/move", data={"position": position, "next": "/batches"}, headers=HTMX)
+    soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    flash = soup.select_one("#flashes[hx-swap-oob]").get_text(strip=True)
+    assert flash.startswith("Position:"), flash
+    assert [state(app, x)[1] for x in (a, b)] == [1, 2]
+    assert not any(message.startswith("moved") for message in _log(app, b))
+
+
+def test_move_top_and_to_position_refuse_a_batch_not_queued(app: Flask, client: FlaskClient, make: Factory) -> None:
+    done = make.batch("done")
+    client.post(f"/batches/{done}/move-top")
+    client.post(f"/batches/{done}/move", data={"position": "1"})
+    assert state(app, done) == ("done", None)
+    assert "only a queued batch can be moved" in client.get("/batches").get_data(as_text=True)
+
+
+def test_control_on_a_filtered_table_returns_it_filtered(app: Flask, client: FlaskClient, make: Factory) -> None:
+    make.pause()
+    alpha = make.batch("queued", 1, name="alpha")
+    beta = make.batch("queued", 2, name="beta")
+    next_url = "/batches?q=bet&status=queued&status=failed"
+    response = client.post(f"/batches/{beta}/move-top", data={"next": next_url}, headers=HTMX)
+    soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    shown = [int(tr["data-batch-id"]) for tr in soup.select("#batch-table tr[data-batch-id]")]
+    assert shown == [beta] and state(app, alpha)[1] == 2
+    form = soup.select_one(f'tr[data-batch-id="{beta}"] form[data-move-form]')
+    assert form.select_one("input[name=next]")["value"] == next_url

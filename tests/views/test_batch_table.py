@@ -103,8 +103,9 @@ def test_table_row_actions_carry_data_action(client: FlaskClient, make: Factory)
         return {b["data-action"]: b.has_attr("disabled") for b in row.select("[data-action]")}
 
     assert actions(running) == {"stop": False}
-    assert actions(first) == {"move-up": True, "move-down": False, "cancel": False}
-    assert actions(last) == {"move-up": False, "move-down": True, "cancel": False}
+    moves = {"move-to": False, "cancel": False}
+    assert actions(first) == {"move-top": True, "move-up": True, "move-down": False, **moves}
+    assert actions(last) == {"move-top": False, "move-up": False, "move-down": True, **moves}
     assert actions(done) == {}
 
 
@@ -168,7 +169,12 @@ def test_table_is_paginated_and_filtered(client: FlaskClient, make: Factory) -> 
     assert len(second.select("tr[data-batch-id]")) == 6
     failed = table(client, "/batches?status=failed")
     assert [row[1] for row in rows(failed)] == ["failed"]
-    assert len(rows(table(client, "/batches?status=bogus"))) == 50
+    # A bad filter is reported and left out (422), never half-applied.
+    response = client.get("/batches?status=bogus")
+    assert response.status_code == 422
+    soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    assert "Status:" in soup.select_one("#filter-status-error").get_text()
+    assert len(rows(soup)) == 50
 
 
 def test_table_fragment_for_htmx(client: FlaskClient, make: Factory) -> None:
@@ -200,10 +206,12 @@ def test_table_page_carries_the_live_hooks(client: FlaskClient) -> None:
 def test_table_shows_the_phase_of_a_stop(
     client: FlaskClient, make: Factory, status: str, values: dict[str, str], phase: str
 ) -> None:
+    """Stopping: the phase beside the (absent) controls; stopped: the reason as the row's error line."""
     batch_id = make.batch(status, 0 if status == "stopping" else None, **values)
-    cell = table(client).select_one(f'tr[data-batch-id="{batch_id}"] td.batch-actions')
-    assert cell.select_one(".phase").get_text(strip=True) == phase
-    assert cell.select("button") == []  # nothing to press while it stops or once it has
+    row = table(client).select_one(f'tr[data-batch-id="{batch_id}"]')
+    shown = row.select_one(".phase" if status == "stopping" else ".batch-error")
+    assert shown.get_text(strip=True) == phase
+    assert row.select("td.batch-actions button") == []  # nothing to press while it stops or once it has
 
 
 def test_table_asks_for_progress_refreshes_once_a_second_at_most(client: FlaskClient) -> None:
