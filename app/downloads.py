@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, stream_with_context
+from flask import Response
 
 from app.services.logs import Export
 
@@ -10,7 +10,7 @@ from app.services.logs import Export
 def attachment(export: Export) -> Response:
     """Send an export as a file to save, chunk by chunk as it is read (never whole in memory)."""
     return Response(
-        stream_with_context(export.chunks),
+        export.chunks,
         mimetype=export.mimetype,
         headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, union_all
+from sqlalchemy import Engine, Select, bindparam, func, select, union_all
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
@@ -26,6 +26,9 @@ LEVELS = ("debug", "info", "warning", "error")
 
 # The first key of the advisory lock the ordering trigger takes (migration 0005).
 LOG_ORDER_CLASS = 0x626C  # "bl"
+
+# A bound past every line id (ids are bigints): ?before= this reads the newest lines.
+PAST_THE_END = 2**63 - 1
 
 # Lines read per query while streaming a download: memory stays flat whatever the log's length.
 EXPORT_CHUNK = 5000
@@ -133,7 +136,7 @@ def export(batch_id: int, fmt: str) -> Export:
     """
     get_batch(batch_id)
     render = text_line if fmt == "txt" else json_line
-    return Export(_chunks(batch_id, render), FORMATS[fmt], f"batch-{batch_id}-log.{fmt}")
+    return Export(_chunks(db.engine, batch_id, render), FORMATS[fmt], f"batch-{batch_id}-log.{fmt}")
 
 
 # The columns a download writes, read as plain rows: no ORM objects for 100,000 lines.
@@ -145,13 +148,16 @@ _EXPORT_PAGE = (
 )
 
 
-def _chunks(batch_id: int, render: Callable[[Any], str]) -> Iterator[str]:
-    after = 0
-    while True:
-        rows = db.session.execute(_EXPORT_PAGE, {"batch_id": batch_id, "after": after}).all()
-        # Each page in a transaction of its own, so a slow client holds no snapshot open.
-        db.session.rollback()
-        if not rows:
-            return
-        yield "".join(render(row) for row in rows)
-        after = rows[-1].id
+def _chunks(engine: Engine, batch_id: int, render: Callable[[Any], str]) -> Iterator[str]:
+    # A connection of its own, not the request's session: the server iterates
+    # this after the request's context is gone.
+    with engine.connect() as connection:
+        after = 0
+        while True:
+            rows = connection.execute(_EXPORT_PAGE, {"batch_id": batch_id, "after": after}).all()
+            # Each page in a transaction of its own, so a slow client holds no snapshot open.
+            connection.rollback()
+            if not rows:
+                return
+            yield "".join(render(row) for row in rows)
+            after = rows[-1].id

@@ -15,31 +15,14 @@ from app.extensions import db
 from app.services import logs
 from tests.api.conftest import assert_error, assert_iso
 from tests.conftest import ApiClient, wait_for
-
-# The level of line g of a log made by _add_lines: debug, info, info, warning, info, error, repeating.
-CYCLE = ["debug", "info", "info", "warning", "info", "error"]
-
-
-def _add_lines(app: Flask, batch_id: int, count: int) -> None:
-    """Append `count` lines "line 1".. to a batch's log, their levels cycling through CYCLE."""
-    with app.app_context():
-        db.session.execute(
-            db.text(
-                "INSERT INTO batch_logs (batch_id, at, level, message)"
-                " SELECT :id, now(), (CAST(:cycle AS text[]))[1 + (g - 1) % 6], 'line ' || g"
-                " FROM generate_series(1, :n) g ORDER BY g"
-            ),
-            {"id": batch_id, "n": count, "cycle": CYCLE},
-        )
-        db.session.commit()
-        db.session.remove()
+from tests.views.conftest import LOG_CYCLE, Factory
 
 
 @pytest.fixture
 def batch_id(api: ApiClient, app: Flask) -> int:
     """A batch whose log is its "created" and "started" lines, then lines 1..60 (no run: nothing else comes)."""
     batch = api.batch(api.profiles(1))
-    _add_lines(app, batch["id"], 60)
+    Factory(app).log(batch["id"], 60)
     return int(batch["id"])
 
 
@@ -56,7 +39,7 @@ def _messages(api: ApiClient, batch_id: int, query: str = "") -> list[str]:
 def _numbered(level: str) -> list[str]:
     """Of lines 1..60, those at `level` or above."""
     floor = logs.LEVELS.index(level)
-    return [f"line {g}" for g in range(1, 61) if logs.LEVELS.index(CYCLE[(g - 1) % 6]) >= floor]
+    return [f"line {g}" for g in range(1, 61) if logs.LEVELS.index(LOG_CYCLE[(g - 1) % 6]) >= floor]
 
 
 @pytest.mark.parametrize("level", ["info", "warning", "error"])
@@ -143,7 +126,7 @@ def test_log_downloads_need_a_token(api: ApiClient, batch_id: int) -> None:
 
 @pytest.fixture
 def long_log(api: ApiClient, app: Flask, batch_id: int) -> int:
-    _add_lines(app, batch_id, 20_000 - 62)  # its first 62 lines are there already
+    Factory(app).log(batch_id, 20_000 - 62)  # its first 62 lines are there already
     return batch_id
 
 
