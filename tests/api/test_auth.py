@@ -26,6 +26,8 @@ PROTECTED = [
     ("POST", "/batches/2/move", {"position": 1}),
     ("GET", "/queue", None),
     ("POST", "/queue/start", None),
+    ("GET", "/batches/1/logs.txt", None),
+    ("GET", "/batches/1/logs.jsonl", None),
 ]
 
 BAD_HEADERS = [
