@@ -68,12 +68,13 @@ lint: install
 	$(BIN)/mypy
 
 # The benchmarks print figures and never fail on them; each migrates a database of its own.
-# All six run, one after the other, on the same servers; the target fails if one of them crashed.
+# All seven run, one after the other, on the same servers; the target fails if one of them crashed.
 # BENCH_ARGS go to bench.handoff (--batches 500), LIVE_ARGS to bench.live (--samples 60 --batches 10000),
 # CONTROL_ARGS to bench.control (--iterations 20 --queued 10000), RECOVERY_ARGS to bench.recovery
 # (--rounds 5 --soak-batches 1000 --kill-every 100; it also fails if a batch was lost or two overlapped),
 # ESTIMATE_ARGS to bench.estimates (--batches 30 --warmup 6 --seed 20261203; it also fails if a batch did not finish),
-# PROFILES_ARGS to bench.profiles_form (--profiles 10000 --samples 30).
+# PROFILES_ARGS to bench.profiles_form (--profiles 10000 --samples 30),
+# LOGS_ARGS to bench.logs (--lines 100000 --samples 40).
 bench: install
 	$(BIN)/python -m app.embedded run -- sh -c 'rc=0; \
 	  echo "== bench.handoff"; $(BIN)/python -m bench.handoff $(BENCH_ARGS) || rc=1; \
@@ -82,6 +83,7 @@ bench: install
 	  echo "== bench.recovery"; $(BIN)/python -m bench.recovery $(RECOVERY_ARGS) || rc=1; \
 	  echo "== bench.estimates"; $(BIN)/python -m bench.estimates $(ESTIMATE_ARGS) || rc=1; \
 	  echo "== bench.profiles_form"; $(BIN)/python -m bench.profiles_form $(PROFILES_ARGS) || rc=1; \
+	  echo "== bench.logs"; $(BIN)/python -m bench.logs $(LOGS_ARGS) || rc=1; \
 	  exit $$rc'
 
 clean:

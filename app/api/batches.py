@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g, request, url_for
+from flask import Response, g, request, url_for
 
 from app.api import bp
 from app.api.bodies import json_body, load_args, load_body, page_body
+from app.downloads import attachment
 from app.errors import InvalidInput
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
 from app.schemas.common import PageArgs
-from app.services import batches, queue_manager
+from app.services import batches, logs, queue_manager
 from app.services.snapshots import read_snapshot
 
 batch_out = BatchOut()
@@ -71,7 +72,14 @@ def list_items(batch_id: int) -> dict[str, Any]:
 @bp.get("/batches/<int:batch_id>/logs")
 def list_logs(batch_id: int) -> dict[str, Any]:
     args = load_args(LogArgs())
-    return page_body(batches.list_logs(batch_id, args["page"], args["per_page"], args.get("after")), LogOut())
+    window = logs.Window(level=args.get("level"), after=args.get("after"), before=args.get("before"))
+    return page_body(logs.list_logs(batch_id, window, args["page"], args["per_page"]), LogOut())
+
+
+@bp.get("/batches/<int:batch_id>/logs.txt", defaults={"fmt": "txt"})
+@bp.get("/batches/<int:batch_id>/logs.jsonl", defaults={"fmt": "jsonl"})
+def download_logs(batch_id: int, fmt: str) -> Response:
+    return attachment(logs.export(batch_id, fmt))
 
 
 @bp.post("/batches/<int:batch_id>/stop")

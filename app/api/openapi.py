@@ -13,6 +13,7 @@ from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, L
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
 from app.schemas.profiles import ImportResult, ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
 from app.schemas.queue import HealthOut, QueueOut
+from app.services.logs import FORMATS
 
 ERRORS = {
     "401": "no or bad token",
@@ -37,6 +38,17 @@ def _op(summary: str, ok: tuple[str, Any], body: Any = None, query: Any = None, 
         operation["requestBody"] = {"required": True, **_json(body)}
     if query is not None:
         operation["parameters"] = [{"in": "query", "schema": query}]
+    return operation
+
+
+def _download(summary: str, fmt: str) -> dict[str, Any]:
+    """A streamed file: its media type, and the file name in Content-Disposition."""
+    operation = _op(summary, ("200", {"type": "string"}), errors=("404",))
+    operation["responses"]["200"] = {
+        "description": "the file, streamed (Content-Disposition: attachment)",
+        "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+        "content": {FORMATS[fmt].split(";")[0]: {"schema": {"type": "string"}}},
+    }
     return operation
 
 
@@ -118,8 +130,16 @@ def build_spec() -> dict[str, Any]:
             "get": _op("List a batch's items", ("200", "ItemList"), query=PageArgs, errors=("404",))
         },
         "/batches/{batch_id}/logs": {
-            "get": _op("List a batch's log, oldest first", ("200", "LogList"), query=LogArgs, errors=("404",))
+            "get": _op(
+                "List a batch's log, oldest first: after a line, or the lines just before one (not both), "
+                "at a level and above",
+                ("200", "LogList"),
+                query=LogArgs,
+                errors=("404", "422"),
+            )
         },
+        "/batches/{batch_id}/logs.txt": {"get": _download("The whole log, one `at level message` a line", "txt")},
+        "/batches/{batch_id}/logs.jsonl": {"get": _download("The whole log, one JSON object a line", "jsonl")},
         "/batches/{batch_id}/stop": {"post": _op("Stop the running batch", ("200", "Batch"), errors=("404", "409"))},
         "/batches/{batch_id}/cancel": {"post": _op("Remove a queued batch", ("200", "Batch"), errors=("404", "409"))},
         "/batches/{batch_id}/move": {

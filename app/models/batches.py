@@ -180,7 +180,12 @@ class BatchItem(Model):
 
 class BatchLog(Model):
     __tablename__ = "batch_logs"
-    __table_args__ = (Index("batch_log_by_batch", "batch_id", "id"),)
+    # Ids are taken in commit order per batch, by a trigger (migration 0005): see
+    # docs/architecture.md#log-lines-in-commit-order.
+    __table_args__ = (
+        Index("batch_log_by_batch", "batch_id", "id"),
+        Index("batch_log_by_level", "batch_id", "level", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))

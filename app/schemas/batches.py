@@ -13,6 +13,7 @@ from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
 from app.schemas.common import MAX_PAGE, PageArgs
 from app.schemas.profiles import Tag
+from app.services.logs import LEVELS
 from app.services.waiting import WaitingCode, waiting_of
 
 MAX_PROFILES = 10_000
@@ -203,7 +204,18 @@ class ItemOut(Schema):
 
 
 class LogArgs(PageArgs):
+    """?after= pages forward from a line, ?before= back from one, ?level= sets a floor."""
+
     after = fields.Integer(validate=validate.Range(min=0, max=MAX_LOG_ID))
+    before = fields.Integer(validate=validate.Range(min=0, max=MAX_LOG_ID))
+    level = fields.String(validate=validate.OneOf(LEVELS))
+
+    @validates_schema
+    def _one_bound(self, data: dict[str, Any], **_: Any) -> None:
+        # Refused rather than read as a range: each names the side a page fills
+        # from, and a client paging one way has no use for the other.
+        if "after" in data and "before" in data:
+            raise ValidationError("give after or before, not both", "before")
 
 
 class LogOut(Schema):

@@ -16,7 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app import processors
 from app.errors import InvalidInput, NotFound
 from app.extensions import db
-from app.models import RUNNING_STATUSES, Batch, BatchItem, BatchLog
+from app.models import RUNNING_STATUSES, Batch, BatchItem
 from app.models.batches import queued_ahead
 from app.schemas.batches import MAX_PROFILES
 from app.services import queue_manager, storable_id
@@ -200,13 +200,4 @@ def list_items(batch_id: int, page: int, per_page: int) -> Page[BatchItem]:
     """List a batch's items in processing order."""
     get_batch(batch_id)
     query = select(BatchItem).where(BatchItem.batch_id == batch_id).order_by(BatchItem.position)
-    return paginate(query, page, per_page)
-
-
-def list_logs(batch_id: int, page: int, per_page: int, after: int | None = None) -> Page[BatchLog]:
-    """List a batch's log lines oldest first, optionally only those after a line id."""
-    get_batch(batch_id)
-    query = select(BatchLog).where(BatchLog.batch_id == batch_id).order_by(BatchLog.id)
-    if after is not None:
-        query = query.where(BatchLog.id > after)
     return paginate(query, page, per_page)

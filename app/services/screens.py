@@ -1,4 +1,4 @@
-"""Reads the HTML pages need beyond the API's: profile choices, item rows with names, log tails."""
+"""Reads the HTML pages need beyond the API's: profile choices, item rows with names."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import BatchItem, BatchLog, Profile
+from app.models import BatchItem, Profile
 from app.services.pages import Page
-
-# A batch page shows at most this many log lines at first; later ones are appended live.
-LOG_TAIL = 500
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,3 @@ def item_rows(batch_id: int, page: int, per_page: int) -> Page[ItemRow]:
     )
     items = [ItemRow(item=item, profile_name=name) for item, name in db.session.execute(query)]
     return Page(items=items, total=total, page=page, per_page=per_page)
-
-
-def log_lines(batch_id: int, after: int | None = None, limit: int = LOG_TAIL) -> list[BatchLog]:
-    """The last `limit` log lines, or the lines after a line id (oldest first either way)."""
-    query = select(BatchLog).where(BatchLog.batch_id == batch_id)
-    if after is not None:
-        query = query.where(BatchLog.id > after).order_by(BatchLog.id).limit(limit)
-        return list(db.session.scalars(query))
-    tail = list(db.session.scalars(query.order_by(BatchLog.id.desc()).limit(limit)))
-    return tail[::-1]

@@ -223,9 +223,65 @@
     }).observe(document.body, {childList: true, subtree: true, characterData: true});
   }
 
+  // --- the batch page's log -------------------------------------------------------
+  // The page shows the newest lines, scrolled to the bottom, and stays there as lines are appended
+  // (unless the reader scrolled away). Reaching the "Older lines" link at the top, or clicking it,
+  // prepends the page of lines before the first one shown, keeping what the reader looks at in place;
+  // without scripts the link opens that page instead.
+
+  function initLog() {
+    var box = document.getElementById("log-box");
+    var list = document.getElementById("log-lines");
+    if (!box || !list) return;
+    var pinned = true;
+    box.scrollTop = box.scrollHeight;
+    box.addEventListener("scroll", function () {
+      pinned = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+    });
+    if (window.MutationObserver) {
+      new MutationObserver(function () { if (pinned) box.scrollTop = box.scrollHeight; })
+        .observe(list, {childList: true});
+    }
+    var older = document.getElementById("log-older");
+    if (!older) return;
+    var loading = false, observer = null;
+
+    function loadOlder(event) {
+      if (event) event.preventDefault();
+      var first = list.querySelector("li[data-log-id]");
+      if (loading || !older.isConnected || !first) return;
+      loading = true;
+      var url = older.dataset.olderSrc;
+      url += (url.indexOf("?") < 0 ? "?" : "&") + "before=" + first.dataset.logId;
+      fetch(url, {credentials: "same-origin"}).then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        var more = response.headers.get("X-Log-Older") === "1";
+        return response.text().then(function (html) {
+          var height = box.scrollHeight, top = box.scrollTop;
+          pinned = false;
+          list.insertAdjacentHTML("afterbegin", html);
+          box.scrollTop = top + box.scrollHeight - height;
+          if (!more) {
+            older.remove();
+            if (observer) observer.disconnect();
+          }
+        });
+      }).catch(function () { /* left for the next scroll or click */ }).then(function () { loading = false; });
+    }
+
+    older.addEventListener("click", loadOlder);
+    if (window.IntersectionObserver) {
+      observer = new IntersectionObserver(function (entries) {
+        if (entries.some(function (entry) { return entry.isIntersecting; })) loadOlder();
+      }, {root: box});
+      observer.observe(older);
+    }
+  }
+
   initProfilePicker();
   initProcessorSelect();
   initAutosubmit();
   followTimes();
+  initLog();
   if (body.dataset.liveUrl) connect();
 })();

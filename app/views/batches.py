@@ -8,6 +8,7 @@ the refreshed table region and a plain form post with a redirect back.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -29,10 +30,11 @@ from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
 from app import live, processors
+from app.downloads import attachment
 from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
 from app.schemas.batches import MoveForm
-from app.services import batches, profiles, queue_manager, screens
+from app.services import batches, logs, profiles, queue_manager, screens
 from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
     FormState,
@@ -46,6 +48,10 @@ bp = Blueprint("batches", __name__)
 
 PER_PAGE = 50
 ITEMS_PER_PAGE = 100
+# A batch page shows the newest LOG_PAGE lines and loads older pages of that size as the log is scrolled up.
+LOG_PAGE = 200
+# Lines one live append brings at most; the next hint brings the rest.
+LOG_TAIL = 500
 STATUSES = [status.value for status in BatchStatus]
 
 
@@ -274,12 +280,31 @@ def _detail_region(batch_id: int) -> ResponseReturnValue:
     return render_template("batches/_detail_region.html", **_detail_context(batch_id))
 
 
+def _log_window() -> logs.Window:
+    """The log's level filter and, paging back without scripts, the line the page ends before."""
+    level = request.args.get("level") or None
+    return logs.Window(
+        level=level if level in logs.LEVELS else None,
+        before=request.args.get("log_before", type=int) or None,
+    )
+
+
+def _older_page(batch_id: int, window: logs.Window) -> tuple[list[Any], bool]:
+    """The newest LOG_PAGE lines of the window, and whether older ones are left (one line more is read)."""
+    window = replace(window, before=window.before or logs.PAST_THE_END)
+    lines = logs.read_page(batch_id, window, 0, LOG_PAGE + 1)
+    return lines[-LOG_PAGE:], len(lines) > LOG_PAGE
+
+
 @bp.get("/batches/<int:batch_id>")
 def detail(batch_id: int) -> ResponseReturnValue:
     if _is_htmx():
         return _detail_region(batch_id)
     context = _detail_context(batch_id)
-    context["log_lines"] = screens.log_lines(batch_id)
+    window = _log_window()
+    context["log_lines"], context["log_has_older"] = _older_page(batch_id, window)
+    context["log_window"] = window
+    context["log_levels"] = logs.LEVELS
     return render_template("batches/detail.html", **context)
 
 
@@ -291,6 +316,23 @@ def health_banner() -> ResponseReturnValue:
 
 @bp.get("/batches/<int:batch_id>/log")
 def log(batch_id: int) -> ResponseReturnValue:
-    after = request.args.get("after", type=int)
-    lines = screens.log_lines(batch_id, after=after)
-    return render_template("batches/_log_lines.html", log_lines=lines)
+    """Log lines for the page's script: newer ones (?after=, appended live) or an older page (?before=)."""
+    level = request.args.get("level") or None
+    level = level if level in logs.LEVELS else None
+    before = request.args.get("before", type=int)
+    if before is not None:
+        lines, more = _older_page(batch_id, logs.Window(level=level, before=before))
+        return render_template("batches/_log_lines.html", log_lines=lines), {"X-Log-Older": "1" if more else "0"}
+    window = logs.Window(level=level, after=request.args.get("after", type=int))
+    return render_template("batches/_log_lines.html", log_lines=logs.read_page(batch_id, window, 0, LOG_TAIL))
+
+
+@bp.get("/batches/<int:batch_id>/logs.txt", defaults={"fmt": "txt"})
+@bp.get("/batches/<int:batch_id>/logs.jsonl", defaults={"fmt": "jsonl"})
+def download_log(batch_id: int, fmt: str) -> ResponseReturnValue:
+    """The whole log as a file, for the page's download links (the API's, under the browser session)."""
+    try:
+        export = logs.export(batch_id, fmt)
+    except AppError:
+        abort(404)
+    return attachment(export)

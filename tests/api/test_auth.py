@@ -29,6 +29,8 @@ PROTECTED = [
     ("PATCH", "/profiles/1", {"name": "eve"}),
     ("DELETE", "/profiles/1", None),
     ("POST", "/profiles/import", None),
+    ("GET", "/batches/1/logs.txt", None),
+    ("GET", "/batches/1/logs.jsonl", None),
 ]
 
 BAD_HEADERS = [

@@ -23,6 +23,8 @@ CONTRACT = [
     ("get", "/batches/{id}"),
     ("get", "/batches/{id}/items"),
     ("get", "/batches/{id}/logs"),
+    ("get", "/batches/{id}/logs.txt"),
+    ("get", "/batches/{id}/logs.jsonl"),
     ("post", "/batches/{id}/stop"),
     ("post", "/batches/{id}/cancel"),
     ("post", "/batches/{id}/move"),

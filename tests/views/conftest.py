@@ -38,6 +38,10 @@ def csrf(app: Flask) -> Iterator[None]:
     app.config["WTF_CSRF_ENABLED"] = False
 
 
+# The levels of the lines Factory.log writes, repeating.
+LOG_CYCLE = ["debug", "info", "info", "warning", "info", "error"]
+
+
 class Factory:
     """Writes profiles and batches in a chosen state, committed."""
 
@@ -107,6 +111,20 @@ class Factory:
             db.session.commit()
             db.session.remove()
         return batch_id
+
+    def log(self, batch_id: int, count: int) -> None:
+        """Append lines "line 1".."line COUNT" to a batch's log, their levels cycling through LOG_CYCLE."""
+        with self.app.app_context():
+            db.session.execute(
+                db.text(
+                    "INSERT INTO batch_logs (batch_id, at, level, message)"
+                    " SELECT :id, now(), (CAST(:cycle AS text[]))[1 + (g - 1) % :period], 'line ' || g"
+                    " FROM generate_series(1, :n) g ORDER BY g"
+                ),
+                {"id": batch_id, "n": count, "cycle": LOG_CYCLE, "period": len(LOG_CYCLE)},
+            )
+            db.session.commit()
+            db.session.remove()
 
     def pause(self, by: str = "bob") -> None:
         with self.app.app_context():
