@@ -178,6 +178,11 @@ class BatchItem(Model):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+# The levels a log filter knows, lowest first. A line of another level (a
+# processor may log any word) shows only when nothing is filtered out.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 class BatchLog(Model):
     __tablename__ = "batch_logs"
     # Ids are taken in commit order per batch, by a trigger (migration 0005): see

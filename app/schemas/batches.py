@@ -9,11 +9,11 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from app import processors
 from app.models import BatchStatus, ItemStatus
+from app.models.batches import LOG_LEVELS
 from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
 from app.schemas.common import MAX_PAGE, PageArgs
 from app.schemas.profiles import Tag
-from app.services.logs import LEVELS
 from app.services.waiting import WaitingCode, waiting_of
 
 MAX_PROFILES = 10_000
@@ -208,7 +208,7 @@ class LogArgs(PageArgs):
 
     after = fields.Integer(validate=validate.Range(min=0, max=MAX_LOG_ID))
     before = fields.Integer(validate=validate.Range(min=0, max=MAX_LOG_ID))
-    level = fields.String(validate=validate.OneOf(LEVELS))
+    level = fields.String(validate=validate.OneOf(LOG_LEVELS))
 
     @validates_schema
     def _one_bound(self, data: dict[str, Any], **_: Any) -> None:

@@ -17,12 +17,11 @@ from sqlalchemy.orm import aliased
 
 from app.extensions import db
 from app.models import BatchLog
+from app.models.batches import LOG_LEVELS
 from app.services.batches import get_batch
 from app.services.pages import Page
 
-# The levels the filter knows, lowest first. A line of another level (a
-# processor may log any word) shows only when nothing is filtered out.
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = LOG_LEVELS
 
 # The first key of the advisory lock the ordering trigger takes (migration 0005).
 LOG_ORDER_CLASS = 0x626C  # "bl"
