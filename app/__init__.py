@@ -41,6 +41,9 @@ def _configure(app: Flask, settings: Settings, overrides: dict[str, Any]) -> Non
         RECONCILE_INTERVAL=settings.reconcile_interval,
         # Seconds an item may run when neither its batch nor its processor says otherwise.
         ITEM_TIMEOUT_DEFAULT=settings.item_timeout_default,
+        # The failure policy the queue starts with; operators change it at run time (queue_state).
+        QUEUE_ON_FAILURE=settings.queue_on_failure,
+        QUEUE_PAUSE_AFTER_FAILURES=settings.queue_pause_after_failures,
         # Seconds a stopping run gets before the hard-stop fallback terminates it.
         STOP_GRACE_SECONDS=30.0,
         MAX_CONTENT_LENGTH=1024 * 1024,

@@ -46,6 +46,27 @@ def _positive(env: dict[str, str], name: str, default: _N, kind: Callable[[str],
     return value
 
 
+# What the queue does when a batch fails: go on with the next, or pause (QUEUE_ON_FAILURE).
+FAILURE_POLICIES = ("continue", "pause")
+
+
+def _choice(name: str, raw: str | None, choices: tuple[str, ...]) -> str:
+    """One of `choices` (unset: the first); another value names its variable."""
+    value = (raw or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _count(name: str, raw: str | None) -> int:
+    """A whole number >= 0 (unset: 0); a bad value names its variable."""
+    if not raw:
+        return 0
+    if not raw.strip().isdigit():
+        raise ConfigError(f"{name} must be a whole number >= 0, not {raw!r}")
+    return int(raw)
+
+
 def _split_list(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
@@ -86,6 +107,8 @@ class Settings:
     max_run_attempts: int = 3
     reconcile_interval: float = 5.0
     item_timeout_default: float = 3600.0
+    queue_on_failure: str = "continue"
+    queue_pause_after_failures: int = 0
     events_channel: str = "batchq:events"
 
     @classmethod
@@ -114,5 +137,7 @@ class Settings:
             max_run_attempts=_positive(env, "BATCH_MAX_RUN_ATTEMPTS", 3, int),
             reconcile_interval=_positive(env, "RECONCILE_INTERVAL", 5.0, float),
             item_timeout_default=_positive(env, "ITEM_TIMEOUT_DEFAULT", 3600.0, float),
+            queue_on_failure=_choice("QUEUE_ON_FAILURE", env.get("QUEUE_ON_FAILURE"), FAILURE_POLICIES),
+            queue_pause_after_failures=_count("QUEUE_PAUSE_AFTER_FAILURES", env.get("QUEUE_PAUSE_AFTER_FAILURES")),
             events_channel=env.get("BATCHQ_EVENTS_CHANNEL") or "batchq:events",
         )

@@ -219,7 +219,9 @@ def clean(app: Flask) -> Iterator[None]:
                 db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
                 db.session.execute(
                     db.text(
-                        "UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL, repaired_at = NULL"
+                        "UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL, repaired_at = NULL,"
+                        " paused_reason = NULL, draining = false, drain_by = NULL, drain_at = NULL,"
+                        " on_failure = NULL, pause_after_failures = NULL, streak_from = NULL"
                     )
                 )
                 db.session.commit()
@@ -275,6 +277,9 @@ class ApiClient:
 
     def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
         return self.client.post(f"/api/v1{path}", json=json, headers=self.headers | kwargs.pop("headers", {}), **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.client.put(f"/api/v1{path}", json=json, headers=self.headers | kwargs.pop("headers", {}), **kwargs)
 
     def profiles(self, count: int, prefix: str = "p") -> list[int]:
         """Create `count` profiles and return their ids."""

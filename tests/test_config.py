@@ -44,3 +44,15 @@ def test_a_bad_item_timeout_default_is_refused_naming_its_variable(value: str) -
 
 def test_the_app_config_carries_the_item_timeout_default(app: Flask) -> None:
     assert app.config["ITEM_TIMEOUT_DEFAULT"] == app.config["SETTINGS"].item_timeout_default == 3600.0
+
+
+def test_the_failure_policy_defaults_to_continue_and_never_pausing_and_refuses_a_bad_value() -> None:
+    base = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+    settings = Settings.from_env(base)
+    assert (settings.queue_on_failure, settings.queue_pause_after_failures) == ("continue", 0)
+    settings = Settings.from_env(base | {"QUEUE_ON_FAILURE": "pause", "QUEUE_PAUSE_AFTER_FAILURES": "3"})
+    assert (settings.queue_on_failure, settings.queue_pause_after_failures) == ("pause", 3)
+    with pytest.raises(ConfigError, match="QUEUE_ON_FAILURE"):
+        Settings.from_env(base | {"QUEUE_ON_FAILURE": "stop"})
+    with pytest.raises(ConfigError, match="QUEUE_PAUSE_AFTER_FAILURES"):
+        Settings.from_env(base | {"QUEUE_PAUSE_AFTER_FAILURES": "-1"})

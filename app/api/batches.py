@@ -10,7 +10,7 @@ from app.api import bp
 from app.api.bodies import json_body, load_args, load_body, page_body
 from app.downloads import attachment
 from app.errors import InvalidInput
-from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
+from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
 from app.schemas.common import PageArgs
 from app.services import batches, logs, queue_manager
 from app.services.snapshots import read_snapshot
@@ -96,3 +96,16 @@ def cancel_batch(batch_id: int) -> dict[str, Any]:
 def move_batch(batch_id: int) -> dict[str, Any]:
     data = load_body(MoveBody())
     return batch_out.dump(queue_manager.move(batch_id, data["position"], g.actor))
+
+
+@bp.post("/batches/<int:batch_id>/resume")
+def resume_batch(batch_id: int) -> dict[str, Any]:
+    # The body is optional: none at all means "at the end".
+    data = ResumeBody().load(json_body() if request.get_data() else {})
+    return batch_out.dump(queue_manager.resume(batch_id, g.actor, data.get("position")))
+
+
+@bp.post("/batches/<int:batch_id>/retry")
+def retry_batch(batch_id: int) -> tuple[dict[str, Any], int, dict[str, str]]:
+    batch = queue_manager.retry(batch_id, g.actor)
+    return batch_out.dump(batch), 201, {"Location": url_for("api.get_batch", batch_id=batch.id)}

@@ -9,10 +9,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from app.api import bp
-from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody
+from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
 from app.schemas.profiles import ImportResult, ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
-from app.schemas.queue import HealthOut, QueueOut
+from app.schemas.queue import HealthOut, PolicyBody, QueueOut
 from app.services.logs import FORMATS
 
 ERRORS = {
@@ -78,6 +78,20 @@ def _delete_op() -> dict[str, Any]:
 
 
 @cache
+def _resume_op() -> dict[str, Any]:
+    operation = _op("Queue a stopped batch again", ("200", "Batch"), errors=("404", "409", "422"))
+    operation["requestBody"] = {"required": False, **_json("Resume")}
+    operation["responses"]["409"]["description"] = "the batch is not stopped"
+    return operation
+
+
+def _retry_op() -> dict[str, Any]:
+    operation = _op("Run a failed batch's failed items as a new batch", ("201", "Batch"), errors=("404", "409"))
+    operation["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
+    operation["responses"]["409"]["description"] = "the batch is not failed, or none of its items failed"
+    return operation
+
+
 def build_spec() -> dict[str, Any]:
     """Describe every endpoint of the contract."""
     spec = APISpec(
@@ -103,7 +117,9 @@ def build_spec() -> dict[str, Any]:
         "ItemList": list_schema(ItemOut, "ItemList"),
         "LogList": list_schema(LogOut, "LogList"),
         "Move": MoveBody,
+        "Resume": ResumeBody,
         "Queue": QueueOut,
+        "FailurePolicy": PolicyBody,
         "Health": HealthOut,
     }.items():
         spec.components.schema(name, schema=schema)
@@ -145,8 +161,31 @@ def build_spec() -> dict[str, Any]:
         "/batches/{batch_id}/move": {
             "post": _op("Move a queued batch", ("200", "Batch"), body="Move", errors=("404", "409", "422"))
         },
+        "/batches/{batch_id}/resume": {"post": _resume_op()},
+        "/batches/{batch_id}/retry": {"post": _retry_op()},
         "/queue": {"get": _op("The queue's state", ("200", "Queue"))},
-        "/queue/start": {"post": _op("Un-pause and start the head", ("200", "Queue"), errors=("409",))},
+        "/queue/start": {
+            "post": _op(
+                "Un-pause and start the head; while a batch runs, cancel a drain (else 409)",
+                ("200", "Queue"),
+                errors=("409",),
+            )
+        },
+        "/queue/drain": {
+            "post": _op(
+                "Pause the queue when the running batch ends; with none running, pause at once (reason `drained`)",
+                ("200", "Queue"),
+            )
+        },
+        "/queue/policy": {
+            "get": _op("The failure policy in force", ("200", "FailurePolicy")),
+            "put": _op(
+                "Change the failure policy (logged with who changed it)",
+                ("200", "FailurePolicy"),
+                body="FailurePolicy",
+                errors=("413", "422"),
+            ),
+        },
         "/health": {
             "get": {
                 "summary": "Health",

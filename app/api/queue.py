@@ -1,4 +1,4 @@
-"""The queue: GET /queue, POST /queue/start."""
+"""The queue: GET /queue, POST /queue/start and /queue/drain, the failure policy."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 from flask import g
 
 from app.api import bp
-from app.schemas.queue import QueueOut
+from app.api.bodies import load_body
+from app.schemas.queue import PolicyBody, QueueOut
 from app.services import queue_manager
 from app.services.queue_manager import QueueSnapshot
+from app.services.queue_tx import FailurePolicy
 from app.services.snapshots import read_snapshot
 
 
@@ -19,6 +21,8 @@ def queue_body(snapshot: QueueSnapshot) -> dict[str, Any]:
             "paused": snapshot.paused,
             "paused_by": snapshot.paused_by,
             "paused_at": snapshot.paused_at,
+            "paused_reason": snapshot.paused_reason,
+            "draining": snapshot.draining,
             "running": snapshot.running,
             "queued_count": snapshot.queued_count,
             "start_enabled": snapshot.start_enabled,
@@ -35,3 +39,24 @@ def get_queue() -> dict[str, Any]:
 @bp.post("/queue/start")
 def start_queue() -> dict[str, Any]:
     return queue_body(queue_manager.start(g.actor))
+
+
+@bp.post("/queue/drain")
+def drain_queue() -> dict[str, Any]:
+    return queue_body(queue_manager.drain(g.actor))
+
+
+def policy_body(policy: FailurePolicy) -> dict[str, Any]:
+    return PolicyBody().dump({"on_failure": policy.on_failure, "pause_after_failures": policy.pause_after_failures})
+
+
+@bp.get("/queue/policy")
+def get_policy() -> dict[str, Any]:
+    return policy_body(queue_manager.failure_policy())
+
+
+@bp.put("/queue/policy")
+def put_policy() -> dict[str, Any]:
+    data = load_body(PolicyBody())
+    policy = FailurePolicy(data["on_failure"], data["pause_after_failures"])
+    return policy_body(queue_manager.set_failure_policy(policy, g.actor))

@@ -79,6 +79,8 @@ class Batch(Model):
         ),
         Index("batch_finished_order", text("created_at DESC"), postgresql_where=text("queue_rank IS NULL")),
         Index("batch_status", "status"),
+        # The last finished batches in order: the failure policy's count of failures in a row.
+        Index("batch_finished_at", "finished_at", postgresql_where=text("status IN ('done', 'failed')")),
         # Each processor's last finished batches: the item durations the start estimates read.
         Index(
             "batch_recent_finished",
@@ -118,6 +120,8 @@ class Batch(Model):
         queue_position: Mapped[int | None]
     # Seconds one item may run before it fails as timed out (fixed when the batch is created).
     item_timeout: Mapped[float] = mapped_column(Float, default=3600.0, server_default=text("3600"))
+    # The failed batch whose failed items this batch runs again (POST /batches/<id>/retry).
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     # The worker (Celery node name) whose run last claimed the batch.
     worker_name: Mapped[str | None] = mapped_column(String(255))
     # When the reconciler or a recovery last found the run gone and dispatched it again;

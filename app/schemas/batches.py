@@ -84,6 +84,7 @@ class BatchOut(Schema):
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(allow_none=True)
     item_timeout = fields.Float()
+    retry_of = fields.Integer(allow_none=True, metadata={"description": "the failed batch this one retries"})
     waiting_code = fields.Method(
         "get_waiting_code",
         dump_only=True,
@@ -227,6 +228,14 @@ class LogOut(Schema):
 
 class MoveBody(Schema):
     position = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class ResumeBody(Schema):
+    position = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "where the batch rejoins the queue (past the end means last); default the end"},
+    )
 
 
 class MoveForm(Schema):

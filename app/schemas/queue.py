@@ -2,6 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
+from app.config import FAILURE_POLICIES
 from app.schemas.batches import BatchOut
 
 
@@ -9,9 +10,39 @@ class QueueOut(Schema):
     paused = fields.Boolean()
     paused_by = fields.String(allow_none=True)
     paused_at = fields.DateTime(allow_none=True)
+    paused_reason = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "why the queue is paused: `stopped`, `drained`, or the failure policy's "
+            "`N failed batches in a row (failure policy)`; null when not paused"
+        },
+    )
+    draining = fields.Boolean(metadata={"description": "the queue pauses when the running batch ends"})
     running = fields.Nested(BatchOut, allow_none=True)
     queued_count = fields.Integer()
     start_enabled = fields.Boolean()
+
+
+class PolicyBody(Schema):
+    """The failure policy: what the queue does after failed batches."""
+
+    on_failure = fields.String(
+        required=True,
+        validate=validate.OneOf(FAILURE_POLICIES),
+        metadata={"description": "`continue`: the next batch starts after a failure; `pause`: the queue pauses"},
+    )
+    pause_after_failures = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0, max=1000),
+        metadata={"description": "pause after this many failed batches in a row (0: never)"},
+    )
+
+
+class PolicyForm(PolicyBody):
+    """The table's policy form: the same rule as PolicyBody, from a form's text."""
+
+    pause_after_failures = fields.Integer(required=True, validate=validate.Range(min=0, max=1000))
 
 
 class WorkerOut(Schema):

@@ -3,19 +3,31 @@
 What each action does to a batch in each status (409: refused with Conflict;
 -: does not apply, the operation finds no such batch and changes nothing):
 
-=============  ===========  ========  =========  ======  ============  ==================  ==============
-status         promote      stop      cancel     move    end run       run lost            stalled item
-=============  ===========  ========  =========  ======  ============  ==================  ==============
-queued         in_progress  409       cancelled  queued  -             -                   -
-in_progress    -            stopping  409        409     done, failed  in_progress, failed in_progress
-stopping       -            409       409        409     stopped       stopped             stopping
-done, failed,  -            409       409        409     -             -                   -
-stopped,
+===========  ===========  ========  =========  ======  ============  =================  ============  =======  ======
+status       promote      stop      cancel     move    end run       run lost           stalled item  resume   retry
+===========  ===========  ========  =========  ======  ============  =================  ============  =======  ======
+queued       in_progress  409       cancelled  queued  -             -                  -             409      409
+in_progress  -            stopping  409        409     done, failed  in_progress, failed in_progress   409      409
+stopping     -            409       409        409     stopped       stopped            stopping      409      409
+stopped      -            409       409        409     -             -                  -             queued   409
+failed       -            409       409        409     -             -                  -             409      failed
+done,        -            409       409        409     -             -                  -             409      409
 cancelled
-=============  ===========  ========  =========  ======  ============  ==================  ==============
+===========  ===========  ========  =========  ======  ============  =================  ============  =======  ======
 
 - enqueue creates a batch queued at the end, then promotes; start un-pauses
-  the queue (409 while a batch runs), then promotes.
+  the queue and cancels a drain (409 while a batch runs, unless it only
+  cancels a drain), then promotes.
+- resume: a stopped batch is queued again with its pending items, at the end
+  or at a position, as if new (its run's times and error cleared), then
+  promotes. retry: a failed batch stays failed; a new batch of its failed
+  items is enqueued, `retry_of` naming it (409 when none failed).
+- drain pauses the queue when the running batch ends (at once if none runs).
+  The pause is taken by the promotion that the run's end chains, in the
+  statement that would otherwise promote (queue_statements.PAUSE_DRAINED), so
+  a drain is never left set beside a promoted batch. The failure policy's
+  pause is taken the same way (PROMOTE_HEAD_UNLESS_FAILING), only while a
+  policy is set: the handoff's path is unchanged when it is not.
 - promote starts the head (lowest rank) only if nothing runs and the queue
   isn't paused; stop pauses the queue until start.
 - end run: stopped after a stop; done when every item succeeded and the run
@@ -65,7 +77,7 @@ from app.models._types import utcnow
 from app.models.queue_state import QUEUE_STATE_ID
 from app.services import dispatch, events, leases, liveness, queue_ranks, queue_statements, storable_id
 from app.services.queue_statements import NO_ITEM, ItemWrite
-from app.services.queue_tx import Change, queue_change
+from app.services.queue_tx import Change, FailurePolicy, policy_of, queue_change
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,8 @@ class Action(StrEnum):
     MOVE = "move"
     END_RUN = "end run"
     RELAUNCH = "relaunch"  # a lost or stalled run sent again under a new token
+    RESUME = "resume"
+    RETRY = "retry"  # the failed batch stays as it is; a new batch runs its failed items
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,13 @@ RULES: dict[Action, Rule] = {
     Action.MOVE: Rule((S.QUEUED,), (), "only a queued batch can be moved"),
     Action.END_RUN: Rule(RUNNING_STATUSES, (S.DONE, S.FAILED, S.STOPPED), "only a running batch can end"),
     Action.RELAUNCH: Rule(RUNNING_STATUSES, (), "only a running batch can be run again"),
+    Action.RESUME: Rule((S.STOPPED,), (S.QUEUED,), "only a stopped batch can be resumed"),
+    Action.RETRY: Rule((S.FAILED,), (), "only a failed batch can be retried"),
 }
+
+# A retry's name: the original's, marked, within the 200 characters of a name.
+RETRY_SUFFIX = " (retry)"
+MAX_NAME = 200
 
 
 def transition(batch: Batch, action: Action) -> None:
@@ -128,6 +148,7 @@ class NewBatch:
     created_by: str | None = None
     idempotency_key: str | None = None
     request_digest: str | None = None
+    retry_of: int | None = None
 
 
 @dataclass
@@ -139,6 +160,10 @@ class QueueSnapshot:
     paused_at: datetime | None
     running: Batch | None
     queued_count: int
+    paused_reason: str | None = None
+    draining: bool = False
+    drain_by: str | None = None
+    drain_at: datetime | None = None
 
     @property
     def start_enabled(self) -> bool:
@@ -170,13 +195,24 @@ def get_next_position() -> int:
 def snapshot() -> QueueSnapshot:
     """Read the queue's state as GET /queue shows it."""
     state = db.session.get(QueueState, QUEUE_STATE_ID) or QueueState(paused=False)
+    paused = bool(state.paused)
     return QueueSnapshot(
-        paused=bool(state.paused),
+        paused=paused,
         paused_by=state.paused_by,
         paused_at=state.paused_at,
         running=get_running_batch(),
         queued_count=queue_ranks.queued_count(),
+        paused_reason=state.paused_reason if paused else None,
+        draining=bool(state.draining),
+        drain_by=state.drain_by,
+        drain_at=state.drain_at,
     )
+
+
+def failure_policy() -> FailurePolicy:
+    """The failure policy in force: an operator's, or the settings'."""
+    state = db.session.get(QueueState, QUEUE_STATE_ID)
+    return policy_of(state.on_failure if state else None, state.pause_after_failures if state else None)
 
 
 # --- the operations ------------------------------------------------------------
@@ -195,32 +231,40 @@ def enqueue(new: NewBatch) -> tuple[Batch, bool]:
                 if earlier.request_digest != new.request_digest:
                     raise Conflict("this Idempotency-Key was used with another request body")
                 return earlier, False
-        batch = Batch(
-            name=new.name,
-            status=BatchStatus.QUEUED.value,
-            queue_rank=queue_ranks.rank_at_end(),
-            processor=new.processor,
-            parameters=new.parameters,
-            profile_ids=new.profile_ids,
-            total_items=len(new.profile_ids),
-            item_timeout=new.item_timeout,
-            created_by=new.created_by,
-            idempotency_key=new.idempotency_key,
-            request_digest=new.request_digest,
-        )
-        db.session.add(batch)
-        db.session.flush()
-        db.session.execute(
-            insert(BatchItem),
-            [
-                {"batch_id": batch.id, "position": index, "profile_id": profile_id}
-                for index, profile_id in enumerate(new.profile_ids)
-            ],
-        )
-        _log(batch.id, f"created by {new.created_by or 'unknown'} with {len(new.profile_ids)} profiles")
-        change.publish("created", batch.id)
-        _promote_head(change)
+        batch = _add_batch(change, new)
     return batch, True
+
+
+def _add_batch(change: Change, new: NewBatch) -> Batch:
+    """Queue a new batch at the end, log its creation and promote."""
+    batch = Batch(
+        name=new.name,
+        status=BatchStatus.QUEUED.value,
+        queue_rank=queue_ranks.rank_at_end(),
+        processor=new.processor,
+        parameters=new.parameters,
+        profile_ids=new.profile_ids,
+        total_items=len(new.profile_ids),
+        item_timeout=new.item_timeout,
+        created_by=new.created_by,
+        idempotency_key=new.idempotency_key,
+        request_digest=new.request_digest,
+        retry_of=new.retry_of,
+    )
+    db.session.add(batch)
+    db.session.flush()
+    db.session.execute(
+        insert(BatchItem),
+        [
+            {"batch_id": batch.id, "position": index, "profile_id": profile_id}
+            for index, profile_id in enumerate(new.profile_ids)
+        ],
+    )
+    what = f" to retry the failed items of batch {new.retry_of}" if new.retry_of else ""
+    _log(batch.id, f"created by {new.created_by or 'unknown'}{what} with {len(new.profile_ids)} profiles")
+    change.publish("created", batch.id)
+    _promote_head(change)
+    return batch
 
 
 def promote_next_batch() -> int | None:
@@ -295,7 +339,7 @@ def stop(batch_id: int, actor: str) -> Batch:
         transition(batch, Action.STOP)
         batch.stop_requested_at = utcnow()
         batch.stop_requested_by = actor
-        _set_paused(change, True, actor)
+        _set_paused(change, True, actor, "stopped")
         _log(batch.id, f"stop requested by {actor}")
         db.session.flush()
         if not leases.is_held(batch.id):
@@ -347,17 +391,120 @@ def _move(batch_id: int, target_of: Callable[[int], int], actor: str) -> Batch:
 
 
 def start(actor: str) -> QueueSnapshot:
-    """Un-pause the queue and promote its head; refused while a batch runs."""
+    """Un-pause the queue and promote its head; while a batch runs, only cancel a drain (else refused)."""
     with queue_change() as change:
         running = get_running_batch()
         if running is not None:
-            raise Conflict(f"batch {running.id} is running; Start is allowed only when nothing runs")
-        _set_paused(change, False, None)
-        promoted = _promote_head(change)
-        if promoted is not None:
-            _log(promoted, f"queue started by {actor}")
+            if not change.draining:
+                raise Conflict(f"batch {running.id} is running; Start is allowed only when nothing runs")
+            _set_draining(change, None)
+            _log(running.id, f"drain cancelled by {actor}")
+            log.info("queue: drain cancelled by %s", actor)
+        else:
+            _set_paused(change, False, None)
+            promoted = _promote_head(change)
+            if promoted is not None:
+                _log(promoted, f"queue started by {actor}")
         change.publish("queue", None)
     return snapshot()
+
+
+def drain(actor: str) -> QueueSnapshot:
+    """Pause the queue once the running batch ends ("pause after this batch"); at once if none runs.
+
+    A paused queue stays as it is: nothing will start anyway. The running
+    batch is read under the queue lock, so a run ending meanwhile either
+    ended before (nothing runs: the queue pauses now) or its chained
+    promotion, which waits for this lock, finds the drain and pauses instead.
+    """
+    with queue_change() as change:
+        if change.paused:
+            return snapshot()
+        running = get_running_batch()
+        if running is None:
+            _set_paused(change, True, actor, "drained")
+        else:
+            _set_draining(change, actor)
+            _log(running.id, f"drain requested by {actor}: the queue pauses when this batch ends")
+        log.info("queue: drain requested by %s", actor)
+        change.publish("queue", None)
+    return snapshot()
+
+
+def resume(batch_id: int, actor: str, position: int | None = None) -> Batch:
+    """Queue a stopped batch again with its pending items: at the end, or at `position` (1-based)."""
+    with queue_change() as change:
+        batch = _locked_batch(batch_id)
+        transition(batch, Action.RESUME)
+        with db.session.no_autoflush:  # queued without a rank yet: the database would refuse the row
+            queued = queue_ranks.queued_count()
+            if position is None or position > queued:
+                batch.queue_rank = queue_ranks.rank_at_end()
+            else:
+                batch.queue_rank = queue_ranks.rank_for(batch.id, max(1, position))
+        # Queued as if new: started_at is when it becomes in_progress again.
+        batch.started_at = batch.finished_at = batch.error = None
+        batch.stop_requested_at = batch.stop_requested_by = batch.lost_at = None
+        batch.run_attempts = 0
+        db.session.flush()
+        db.session.refresh(batch, ["queue_position"])
+        _log(batch.id, f"resumed by {actor} at #{batch.queue_position} with {batch.pending_items} pending items")
+        change.publish("resumed", batch.id)
+        _promote_head(change)
+    db.session.refresh(batch)
+    return batch
+
+
+def retry(batch_id: int, actor: str) -> Batch:
+    """Enqueue a new batch of a failed batch's failed items: same processor and parameters, `retry_of` set."""
+    with queue_change() as change:
+        original = _locked_batch(batch_id)
+        transition(original, Action.RETRY)
+        failed = list(
+            db.session.scalars(
+                select(BatchItem.profile_id)
+                .where(BatchItem.batch_id == original.id, BatchItem.status == ItemStatus.FAILED.value)
+                .order_by(BatchItem.position)
+            )
+        )
+        if not failed:
+            raise Conflict(f"batch {original.id} has no failed items to retry")
+        name = original.name[: MAX_NAME - len(RETRY_SUFFIX)] + RETRY_SUFFIX
+        new = NewBatch(
+            name=name,
+            processor=original.processor,
+            parameters=dict(original.parameters or {}),
+            profile_ids=failed,
+            item_timeout=original.item_timeout,
+            created_by=actor,
+            retry_of=original.id,
+        )
+        batch = _add_batch(change, new)
+        _log(original.id, f"retried by {actor} as batch {batch.id} ({len(failed)} failed items)")
+    db.session.refresh(batch)
+    return batch
+
+
+def set_failure_policy(policy: FailurePolicy, actor: str) -> FailurePolicy:
+    """Change the failure policy at run time; failures in a row are counted afresh from now."""
+    with queue_change() as change:
+        db.session.execute(
+            update(QueueState)
+            .where(QueueState.id == QUEUE_STATE_ID)
+            .values(
+                on_failure=policy.on_failure,
+                pause_after_failures=policy.pause_after_failures,
+                streak_from=utcnow(),
+            )
+        )
+        log.info(
+            "queue: failure policy set by %s: on failure %s, pause after %d failed in a row",
+            actor,
+            policy.on_failure,
+            policy.pause_after_failures,
+        )
+        change.publish("policy", None)
+    return failure_policy()
 
 
 def recover_lost_run(
@@ -460,11 +607,38 @@ def _relaunch_or_end(change: Change, batch: Batch, reason: str, max_attempts: in
 
 
 def _promote_head(change: Change) -> int | None:
-    """Start the head of the queue if the slot is free; return its id."""
+    """Start the head of the queue if the slot is free; return its id.
+
+    A drain or the failure policy may pause the queue here instead (see the
+    module docstring); without either, this is PROMOTE_HEAD alone.
+    """
     if change.paused:
         return None
+    now = utcnow()
+    if change.draining:
+        drained = {"now": now, "queue_id": QUEUE_STATE_ID}
+        drained_by = db.session.execute(queue_statements.PAUSE_DRAINED, drained).first()
+        if drained_by is not None:
+            change.paused, change.draining = True, False
+            log.info("queue: drained; paused as asked by %s", drained_by[0])
+            change.publish("queue", None)
+        return None
     token = uuid.uuid4().hex
-    promoted: int | None = db.session.execute(queue_statements.PROMOTE_HEAD, {"now": utcnow(), "token": token}).scalar()
+    parameters = {"now": now, "token": token}
+    if change.policy.pause_after:
+        parameters |= {
+            "queue_id": QUEUE_STATE_ID,
+            "pause_after": change.policy.pause_after,
+            "streak_from": change.streak_from,
+        }
+        row = db.session.execute(queue_statements.PROMOTE_HEAD_UNLESS_FAILING, parameters).one()
+        if row.paused_after is not None:
+            change.paused = True
+            log.warning("queue: paused after %d failed batches in a row (failure policy)", row.paused_after)
+            change.publish("queue", None)
+        promoted: int | None = row.promoted
+    else:
+        promoted = db.session.execute(queue_statements.PROMOTE_HEAD, parameters).scalar()
     if promoted is None:
         return None
     change.after_commit.append(lambda: dispatch.send_run(promoted, token))
@@ -496,19 +670,44 @@ def _end_run(change: Change, batch_id: int, error: str | None) -> str | None:
     return status
 
 
-def _set_paused(change: Change, paused: bool, actor: str | None) -> None:
-    change.paused = paused
+def _set_paused(change: Change, paused: bool, actor: str | None, reason: str | None = None) -> None:
+    """Pause (saying who and why) or un-pause the queue; either way a drain is over.
+
+    Un-pausing also counts failures in a row afresh, so the failure policy
+    doesn't pause again at once for the failures that paused it.
+    """
+    change.paused, change.draining = paused, False
+    now = utcnow()
+    values: dict[str, Any] = {
+        "paused": paused,
+        "paused_by": actor,
+        "paused_at": now if paused else None,
+        "paused_reason": reason if paused else None,
+        "draining": False,
+        "drain_by": None,
+        "drain_at": None,
+    }
+    if not paused:
+        values["streak_from"] = now
+    db.session.execute(update(QueueState).where(QueueState.id == QUEUE_STATE_ID).values(**values))
+
+
+def _set_draining(change: Change, actor: str | None) -> None:
+    """Ask for the queue to pause when the running batch ends (actor), or cancel that (None)."""
+    change.draining = actor is not None
     db.session.execute(
         update(QueueState)
         .where(QueueState.id == QUEUE_STATE_ID)
-        .values(paused=paused, paused_by=actor, paused_at=utcnow() if paused else None)
+        .values(draining=change.draining, drain_by=actor, drain_at=utcnow() if actor else None)
     )
 
 
 def _locked_batch(batch_id: int) -> Batch:
     batch = None
     if storable_id(batch_id):
-        batch = db.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+        # populate_existing: the row as locked, not as this session may have seen it before.
+        locked = select(Batch).where(Batch.id == batch_id).with_for_update().execution_options(populate_existing=True)
+        batch = db.session.scalar(locked)
     if batch is None:
         raise NotFound(f"batch {batch_id} does not exist")
     return batch

@@ -115,6 +115,67 @@ PROMOTE_HEAD = statement(
     """
 )
 
+# Guarantees: the failure policy's pause and the promotion it holds back are
+# decided in one snapshot. Like PROMOTE_HEAD, but only while fewer than
+# :pause_after batches failed in a row (among those finished after
+# :streak_from; a done batch ends the row). At the limit, with no batch running,
+# the queue pauses instead, saying why (and the row is counted afresh from now).
+# Used only while a policy is set, so the handoff's path is PROMOTE_HEAD's alone.
+PROMOTE_HEAD_UNLESS_FAILING = statement(
+    """
+    WITH since AS (
+        SELECT coalesce(CAST(:streak_from AS timestamptz), '-infinity') AS at
+    ), last_done AS (
+        SELECT coalesce(max(finished_at), (SELECT at FROM since)) AS at FROM batches
+        WHERE status = :status_done AND finished_at > (SELECT at FROM since)
+    ), streak AS (
+        SELECT count(*) AS failed,
+            NOT EXISTS (SELECT 1 FROM batches WHERE status IN (:status_in_progress, :status_stopping)) AS free
+        FROM batches
+        WHERE status = :status_failed AND finished_at > (SELECT at FROM since)
+            AND finished_at > (SELECT at FROM last_done)
+    ), paused AS (
+        UPDATE queue_state SET paused = true, paused_by = 'failure policy', paused_at = :now,
+            paused_reason = streak.failed || CASE WHEN streak.failed = 1 THEN ' failed batch' ELSE ' failed batches' END
+                || ' in a row (failure policy)',
+            draining = false, streak_from = :now
+        FROM streak
+        WHERE queue_state.id = :queue_id AND streak.free AND streak.failed >= :pause_after
+        RETURNING streak.failed
+    ), head AS (
+        SELECT b.id FROM batches b, streak
+        WHERE b.queue_rank IS NOT NULL AND streak.free AND streak.failed < :pause_after
+        ORDER BY b.queue_rank LIMIT 1
+    ), promoted AS (
+        UPDATE batches b SET status = :status_in_progress, queue_rank = NULL, started_at = :now,
+            dispatch_token = :token, heartbeat_at = :now
+        FROM head
+        WHERE b.id = head.id
+        RETURNING b.id
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT id, :now, 'info', 'started' FROM promoted
+        RETURNING batch_id
+    )
+    SELECT (SELECT batch_id FROM logged) AS promoted, (SELECT failed FROM paused) AS paused_after
+    """
+)
+
+# Guarantees: a drain ends only between two batches. Under the queue lock, and
+# only if no batch is in progress or stopping in the statement's snapshot, the
+# queue pauses (as asked by whoever asked for the drain) and the drain is over.
+# While a batch runs, nothing changes: its run's end chains a promotion, which
+# comes here again.
+PAUSE_DRAINED = statement(
+    """
+    UPDATE queue_state SET paused = true, paused_by = drain_by, paused_at = :now, paused_reason = 'drained',
+        draining = false
+    WHERE id = :queue_id AND draining
+        AND NOT EXISTS (SELECT 1 FROM batches WHERE status IN (:status_in_progress, :status_stopping))
+    RETURNING drain_by
+    """
+)
+
 # Guarantees: a run ends once, as its batch's rule says (queue_manager's
 # table, "end run"): only while the batch is running and, with a token, only
 # for the run holding it (else no row: None). It is stopped after a stop; done

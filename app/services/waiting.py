@@ -73,6 +73,7 @@ class QueueView:
     paused_by: str | None
     paused_at: datetime | None
     head_id: int | None
+    drain_by: str | None  # who asked for a drain, while one is asked for
     running: RunningRun | None
     seconds_per_item: dict[str, float]
     max_attempts: int
@@ -108,7 +109,7 @@ _SECONDS_PER_ITEM = text(
 # running batch's progress is measured against.
 _QUEUE = text(
     """
-    SELECT now() AS now, q.paused, q.paused_by, q.paused_at,
+    SELECT now() AS now, q.paused, q.paused_by, q.paused_at, CASE WHEN q.draining THEN q.drain_by END AS drain_by,
         (SELECT id FROM batches WHERE queue_rank IS NOT NULL ORDER BY queue_rank LIMIT 1) AS head_id
     FROM queue_state q WHERE q.id = :id
     """
@@ -148,6 +149,7 @@ def _read_view() -> QueueView:
         paused_by=queue.paused_by if queue else None,
         paused_at=queue.paused_at if queue else None,
         head_id=queue.head_id if queue else None,
+        drain_by=queue.drain_by if queue else None,
         running=_running_run(running, rates, now) if running is not None else None,
         seconds_per_item=rates,
         max_attempts=int(current_app.config["BATCH_MAX_RUN_ATTEMPTS"]),
@@ -222,6 +224,10 @@ def _judge_queued(view: QueueView, batch: Batch, position: int, ahead: float | N
     if view.paused:
         return Waiting(WaitingCode.PAUSED, _paused_reason(view))
     estimate = view.now + timedelta(seconds=ahead) if ahead is not None else None
+    if view.running is not None and view.drain_by is not None:
+        return Waiting(
+            WaitingCode.DRAINING, f"the queue pauses after batch {view.running.id} (drain asked by {view.drain_by})"
+        )
     if view.running is not None:
         what = "#1 starts next" if position == 1 else f"{position - 1} queued ahead"
         return Waiting(WaitingCode.BEHIND, f"waiting for batch {view.running.id} ({what})", estimate)

@@ -122,6 +122,32 @@ def parameter_fields(processor_name: str) -> list[ParamField]:
     return result
 
 
+def state_from_batch(batch: Any) -> FormState:
+    """The creation form filled in as `batch` was made ("run again"): its inputs as text, as if typed."""
+    state = FormState(
+        name=batch.name,
+        processor=batch.processor,
+        profile_ids=set(batch.profile_ids),
+        item_timeout=f"{batch.item_timeout:g}",
+    )
+    for param in parameter_fields(batch.processor):
+        if param.name not in (batch.parameters or {}):
+            continue
+        value = batch.parameters[param.name]
+        if param.kind == "checkbox":
+            text = "on" if value else ""
+        elif param.kind == "list":
+            text = "\n".join(str(entry) for entry in value)
+        elif param.kind == "json":
+            text = json.dumps(value)
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        else:
+            text = str(value)
+        state.values[param.input_name] = text
+    return state
+
+
 def all_parameter_fields() -> dict[str, list[ParamField]]:
     """Every registered processor's inputs, by processor name."""
     return {name: parameter_fields(name) for name in processors.names()}

@@ -34,13 +34,16 @@ from app.downloads import attachment
 from app.errors import AppError, InvalidInput
 from app.models import BatchStatus
 from app.schemas.batches import MoveForm
+from app.schemas.queue import PolicyForm
 from app.services import batches, logs, profiles, queue_manager, screens
+from app.services.queue_tx import FailurePolicy
 from app.services.snapshots import read_snapshot
 from app.views.batch_form import (
     FormState,
     all_parameter_fields,
     apply_service_error,
     read_form,
+    state_from_batch,
 )
 from app.views.table_query import TableQuery, read_table_query
 
@@ -85,6 +88,7 @@ def _table_context(query: TableQuery) -> dict[str, Any]:
         "queued_last": queue.queued_count,  # the last queued batch's position
         "self_url": url_for("batches.index", **query.url_args()),
         "action_form": FlaskForm(),
+        "policy": queue_manager.failure_policy(),
     }
 
 
@@ -101,7 +105,11 @@ def index() -> ResponseReturnValue:
 
 def _back_to_table() -> str:
     """Where a control returns: the table page it was pressed on (this site only)."""
-    target = request.form.get("next") or ""
+    return _back_to_table_from(request.form.get("next"))
+
+
+def _back_to_table_from(target: str | None) -> str:
+    target = target or ""
     parts = urlsplit(target)
     if target.startswith("/") and not target.startswith("//") and not parts.netloc:
         return target
@@ -134,8 +142,22 @@ def _control(run: Callable[[], str]) -> ResponseReturnValue:
     return _after_control()
 
 
-@bp.post("/batches/<int:batch_id>/stop")
+def _confirm_page(batch_id: int, action: str) -> ResponseReturnValue:
+    """Without JavaScript a Stop or Remove button leads here: the same question the dialog asks, as a page."""
+    try:
+        batch = batches.get_batch(batch_id)
+    except AppError:
+        abort(404)
+    return render_template(
+        "batches/confirm.html", batch=batch, action=action, next_url=_back_to_table_from(request.args.get("next"))
+    )
+
+
+@bp.route("/batches/<int:batch_id>/stop", methods=["GET", "POST"])
 def stop(batch_id: int) -> ResponseReturnValue:
+    if request.method == "GET":
+        return _confirm_page(batch_id, "stop")
+
     def run() -> str:
         batch = queue_manager.stop(batch_id, current_user.username)
         return f"Batch {batch.id} is {batch.status.replace('_', ' ')}; the queue is paused until Start."
@@ -143,11 +165,34 @@ def stop(batch_id: int) -> ResponseReturnValue:
     return _control(run)
 
 
-@bp.post("/batches/<int:batch_id>/cancel")
+@bp.route("/batches/<int:batch_id>/cancel", methods=["GET", "POST"])
 def cancel(batch_id: int) -> ResponseReturnValue:
+    if request.method == "GET":
+        return _confirm_page(batch_id, "cancel")
+
     def run() -> str:
         batch = queue_manager.cancel(batch_id, current_user.username)
         return f"Batch {batch.id} was removed from the queue."
+
+    return _control(run)
+
+
+@bp.post("/batches/<int:batch_id>/resume")
+def resume(batch_id: int) -> ResponseReturnValue:
+    def run() -> str:
+        batch = queue_manager.resume(batch_id, current_user.username)
+        if batch.status == BatchStatus.QUEUED:
+            return f"Batch {batch.id} is queued again at #{batch.queue_position}."
+        return f"Batch {batch.id} resumed and started."
+
+    return _control(run)
+
+
+@bp.post("/batches/<int:batch_id>/retry")
+def retry(batch_id: int) -> ResponseReturnValue:
+    def run() -> str:
+        batch = queue_manager.retry(batch_id, current_user.username)
+        return f"Batch {batch.id} “{batch.name}” retries the failed items of batch {batch_id}."
 
     return _control(run)
 
@@ -209,6 +254,45 @@ def start() -> ResponseReturnValue:
     return _control(run)
 
 
+@bp.post("/queue/drain")
+def drain() -> ResponseReturnValue:
+    def run() -> str:
+        snapshot = queue_manager.drain(current_user.username)
+        if snapshot.draining and snapshot.running is not None:
+            return f"The queue pauses after batch {snapshot.running.id}."
+        return "Nothing runs: the queue is paused."
+
+    return _control(run)
+
+
+@bp.post("/queue/policy")
+def policy() -> ResponseReturnValue:
+    """The table's failure-policy form: what the queue does after failed batches."""
+
+    def run() -> str:
+        raw = {key: request.form.get(key, "").strip() for key in ("on_failure", "pause_after_failures")}
+        try:
+            data = PolicyForm().load(raw)
+        except ValidationError as exc:
+            messages = exc.normalized_messages()
+            text = "; ".join(f"{key.replace('_', ' ')}: {' '.join(value)}" for key, value in messages.items())
+            raise InvalidInput(f"Failure policy: {text}", messages) from None
+        chosen = queue_manager.set_failure_policy(
+            FailurePolicy(data["on_failure"], data["pause_after_failures"]), current_user.username
+        )
+        return f"Failure policy: {_policy_words(chosen)}."
+
+    return _control(run)
+
+
+def _policy_words(policy: FailurePolicy) -> str:
+    if policy.on_failure == "pause":
+        return "pause after any failed batch"
+    if policy.pause_after_failures:
+        return f"continue, but pause after {policy.pause_after_failures} failed batches in a row"
+    return "continue after failures"
+
+
 # --- creation ------------------------------------------------------------------
 
 
@@ -230,7 +314,18 @@ def _render_new(state: FormState, status: int = 200) -> ResponseReturnValue:
 
 @bp.get("/batches/new")
 def new() -> ResponseReturnValue:
-    return _render_new(FormState())
+    """The blank creation form, or with ?from=<id> one filled in as that batch was ("run again")."""
+    source = request.args.get("from")
+    if source is None:
+        return _render_new(FormState())
+    try:
+        batch = batches.get_batch(int(source)) if source.isdigit() else None
+    except AppError:
+        batch = None
+    if batch is None:
+        flash(f"There is no batch {source} to run again; here is a blank form.", "error")
+        return _render_new(FormState())
+    return _render_new(state_from_batch(batch))
 
 
 @bp.post("/batches")

@@ -27,6 +27,7 @@ BATCH_KEYS = {
     "finished_at": (str, type(None)),
     "error": (str, type(None)),
     "item_timeout": float,
+    "retry_of": (int, type(None)),
     "waiting_code": (str, type(None)),
     "waiting_reason": (str, type(None)),
     "estimated_start_at": (str, type(None)),
@@ -147,7 +148,13 @@ def clean(app: Flask) -> Iterator[None]:
         for table in TABLES.split(", "):  # children before parents
             db.session.execute(db.text(f"DELETE FROM {table}"))
             db.session.execute(db.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"))
-        db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL"))
+        db.session.execute(
+            db.text(
+                "UPDATE queue_state SET paused = false, paused_by = NULL, paused_at = NULL, paused_reason = NULL,"
+                " draining = false, drain_by = NULL, drain_at = NULL, on_failure = NULL,"
+                " pause_after_failures = NULL, streak_from = NULL"
+            )
+        )
         db.session.commit()
         db.session.remove()
     yield

@@ -26,6 +26,11 @@ PROTECTED = [
     ("POST", "/batches/2/move", {"position": 1}),
     ("GET", "/queue", None),
     ("POST", "/queue/start", None),
+    ("POST", "/batches/1/resume", None),
+    ("POST", "/batches/1/retry", None),
+    ("POST", "/queue/drain", None),
+    ("GET", "/queue/policy", None),
+    ("PUT", "/queue/policy", {"on_failure": "pause", "pause_after_failures": 1}),
     ("PATCH", "/profiles/1", {"name": "eve"}),
     ("DELETE", "/profiles/1", None),
     ("POST", "/profiles/import", None),
@@ -100,7 +105,13 @@ def test_protected_endpoint_with_the_token_is_served(setup: ApiClient, method: s
     response = setup.client.open(f"/api/v1{path}", method=method, json=body, headers=setup.headers)
     created = {("POST", "/profiles"), ("POST", "/batches")}
     # Past the token check: the setup's batches use profile 1, and an import needs a file's Content-Type.
-    refused = {("POST", "/queue/start"): 409, ("DELETE", "/profiles/1"): 409, ("POST", "/profiles/import"): 400}
+    refused = {
+        ("POST", "/queue/start"): 409,
+        ("DELETE", "/profiles/1"): 409,
+        ("POST", "/profiles/import"): 400,
+        ("POST", "/batches/1/resume"): 409,  # batch 1 runs
+        ("POST", "/batches/1/retry"): 409,
+    }
     expected = refused.get((method, path), 201 if (method, path) in created else 200)
     assert response.status_code == expected, (response.status_code, response.get_json())
 

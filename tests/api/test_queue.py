@@ -22,6 +22,8 @@ from tests.conftest import ApiClient, queue_violations
 
 QUEUE_KEYS = {
     "paused": bool,
+    "paused_reason": (str, type(None)),
+    "draining": bool,
     "running": (dict, type(None)),
     "queued_count": int,
     "start_enabled": bool,
@@ -29,7 +31,14 @@ QUEUE_KEYS = {
 # Beyond the contract: who paused the queue and when (tests/tasks read paused_by). Listed
 # here so that any other key appearing, or one of these vanishing, fails the shape check.
 QUEUE_EXTRA_KEYS = {"paused_by": (str, type(None)), "paused_at": (str, type(None))}
-IDLE = {"paused": False, "running": None, "queued_count": 0, "start_enabled": True}
+IDLE = {
+    "paused": False,
+    "paused_reason": None,
+    "draining": False,
+    "running": None,
+    "queued_count": 0,
+    "start_enabled": True,
+}
 
 
 def _queue(api: ApiClient) -> dict[str, Any]:
@@ -78,6 +87,8 @@ def test_queue_paused_by_a_stop_has_start_enabled(api: ApiClient, profile_ids: l
     assert api.post(f"/batches/{running['id']}/stop").get_json()["status"] == "stopped"
     assert _queue(api) == {
         "paused": True,
+        "paused_reason": "stopped",
+        "draining": False,
         "running": None,
         "queued_count": 1,
         "start_enabled": True,

@@ -165,6 +165,7 @@ def test_page_controls_move_remove_stop_and_start(page: Page, app: Flask, api: A
     assert cancels == ["POST"]  # the accepted one only
     assert "cancelled by alice" in [line.message for line in _logs(app, a["id"])]
 
+    page.once("dialog", lambda dialog: dialog.accept())  # Stop asks first, like Remove
     row(page, running["id"]).locator('[data-action="stop"]').click()
     expect(row(page, running["id"]).locator("td.batch-status")).to_have_text("stopped", ignore_case=True, timeout=15000)
     expect(row(page, running["id"]).locator(".batch-error")).to_have_text("Stopped by alice")

@@ -260,3 +260,95 @@ def test_start_pressed_twice_at_once_promotes_exactly_one_batch(api: ApiClient, 
         _stop_running(api)
         assert_queue_consistent(app)
     assert api.queued_order() == []
+
+
+def test_drain_racing_the_running_batchs_end_pauses_before_the_next_promotion_or_finds_nothing_running(
+    api: ApiClient, app: Flask, celery_worker: Any, gate: Any
+) -> None:
+    """A drain answered while batch A ran must keep B from starting; one answered later finds nothing or B."""
+    profile_ids = api.profiles(1)
+    seen: set[str] = set()
+    # The drain leaves that long after the gate opens: from before A's end, through it, to after B started.
+    for delay in ("before", None, 0.0, 0.002, 0.005, 0.01, 0.02, 0.05, "after"):
+        gate.opened.clear()
+        a = api.batch(profile_ids, "gate", name=f"a {delay}")
+        b = api.batch(profile_ids, "sleep", name=f"b {delay}", seconds=30)
+        assert (a["status"], b["status"]) == ("in_progress", "queued")
+        clients = [_client(app, api), _client(app, api)]
+
+        def act(index: int) -> dict[str, Any] | None:
+            if index == 0:
+                if delay == "before":
+                    wait_for(lambda: clients[0].get("/queue").get_json()["draining"], timeout=15)
+                gate.open()
+                return None
+            if delay in (None, "before"):
+                pass
+            elif delay == "after":
+                wait_for(lambda: _batch(clients[1], b["id"])["status"] == "in_progress", timeout=15)
+            else:
+                time.sleep(float(delay))
+            return clients[1].post("/queue/drain").get_json()
+
+        answered = run_in_threads(2, act)[1]
+        assert answered is not None
+        wait_for(lambda: _batch(api, a["id"])["status"] == "done", timeout=15)
+        sent_tasks.wait_until_run("queue.promote_next")  # the promotion A's end chains (B's run may go on)
+        queue = api.get("/queue").get_json()
+        b_now = _batch(api, b["id"])["status"]
+        drained_for = answered["running"]["id"] if answered["running"] else None
+        assert_queue_consistent(app)
+        if drained_for == a["id"] or drained_for is None:  # the drain came before B's promotion
+            seen.add("a" if drained_for else "nothing")
+            assert b_now == "queued", (delay, answered)
+            assert (queue["paused"], queue["paused_reason"], queue["draining"]) == (True, "drained", False)
+        else:  # B was promoted first: the drain waits for B's end
+            seen.add("b")
+            assert drained_for == b["id"] and b_now == "in_progress", (delay, answered)
+            assert (queue["paused"], queue["draining"]) == (False, True)
+            _stop_running(api)
+        api.post(f"/batches/{b['id']}/cancel")  # still queued, unless B runs: then the stop above ended it
+        _stop_running(api)
+        assert api.post("/queue/start").status_code == 200
+    assert {"a", "b"} <= seen, seen
+
+
+def test_resume_and_move_racing_a_promotion_keep_the_queue_whole_and_start_one_batch_at_a_time(
+    api: ApiClient, app: Flask, celery_worker: Any, gate: Any
+) -> None:
+    profile_ids = api.profiles(1)
+    stopped = []
+    for n in range(4):  # four stopped batches, each stopped while its item ran
+        batch = api.batch(profile_ids, "sleep", name=f"stopped {n}", seconds=30)
+        wait_for(lambda b=batch: api.items_of(b["id"])[0]["status"] == "running", timeout=15)
+        _stop_running(api)
+        assert _batch(api, batch["id"])["status"] == "stopped"
+        stopped.append(batch["id"])
+        assert api.post("/queue/start").status_code == 200
+    with app.app_context():  # resumed, their one item is quick (the test's shortcut, not a feature)
+        db.session.execute(db.text("UPDATE batches SET parameters = '{\"seconds\": 0}' WHERE status = 'stopped'"))
+        db.session.commit()
+        db.session.remove()
+    gate.opened.clear()
+    running = api.batch(profile_ids, "gate", name="running")
+    queued = [api.batch(profile_ids, "noop", name=f"q{n}")["id"] for n in range(3)]
+    clients = [_client(app, api) for _ in range(6)]
+
+    def act(index: int) -> int:
+        if index == 0:
+            gate.open()  # the running batch ends; its promotion races the resumes and moves
+            return 200
+        if index <= 4:
+            return clients[index].post(f"/batches/{stopped[index - 1]}/resume", {"position": index}).status_code
+        return clients[index].post(f"/batches/{queued[-1]}/move", {"position": 1}).status_code
+
+    codes = run_in_threads(6, act)
+    assert codes[:5] == [200] * 5 and codes[5] in (200, 409)
+    assert_queue_consistent(app)
+    every = [running["id"], *queued, *stopped]
+    wait_for(lambda: all(_batch(api, batch_id)["status"] == "done" for batch_id in every), timeout=30)
+    assert_queue_consistent(app)
+    for batch_id in stopped:
+        log = api.log_of(batch_id)
+        assert any(line.startswith("resumed by token:tests at #") for line in log), log
+        assert log.count("started") == 2

@@ -48,3 +48,22 @@ def test_a_promotion_starts_a_batch_as_its_rule_says() -> None:
 
 def test_a_statement_binds_only_the_status_names_it_mentions() -> None:
     assert _free(queue_statements.PROMOTE_HEAD) == {"now", "token"}
+
+
+def test_the_policy_promotion_starts_a_batch_as_its_rule_says_and_counts_only_ended_batches() -> None:
+    (target,) = RULES[Action.PROMOTE].targets
+    ended = {BatchStatus.DONE, BatchStatus.FAILED}
+    assert _bound_statuses(queue_statements.PROMOTE_HEAD_UNLESS_FAILING) == {target, *RUNNING_STATUSES, *ended}
+    assert ended <= set(RULES[Action.END_RUN].targets)
+    assert _free(queue_statements.PROMOTE_HEAD_UNLESS_FAILING) == {
+        "now",
+        "token",
+        "queue_id",
+        "pause_after",
+        "streak_from",
+    }
+
+
+def test_a_drain_pauses_only_while_no_batch_holds_the_running_slot() -> None:
+    assert _bound_statuses(queue_statements.PAUSE_DRAINED) == set(RUNNING_STATUSES)
+    assert _free(queue_statements.PAUSE_DRAINED) == {"now", "queue_id"}

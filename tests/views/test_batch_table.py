@@ -106,7 +106,7 @@ def test_table_row_actions_carry_data_action(client: FlaskClient, make: Factory)
     moves = {"move-to": False, "cancel": False}
     assert actions(first) == {"move-top": True, "move-up": True, "move-down": False, **moves}
     assert actions(last) == {"move-top": False, "move-up": False, "move-down": True, **moves}
-    assert actions(done) == {}
+    assert actions(done) == {"run-again": False}
 
 
 def start_button(client: FlaskClient) -> tuple[bool, str | None]:
@@ -211,7 +211,9 @@ def test_table_shows_the_phase_of_a_stop(
     row = table(client).select_one(f'tr[data-batch-id="{batch_id}"]')
     shown = row.select_one(".phase" if status == "stopping" else ".batch-error")
     assert shown.get_text(strip=True) == phase
-    assert row.select("td.batch-actions button") == []  # nothing to press while it stops or once it has
+    # Nothing to press while it stops; once stopped, only Resume.
+    pressable = [button["data-action"] for button in row.select("td.batch-actions button")]
+    assert pressable == ([] if status == "stopping" else ["resume"])
 
 
 def test_table_asks_for_progress_refreshes_once_a_second_at_most(client: FlaskClient) -> None:
