@@ -62,6 +62,9 @@ task_track_started = False
 # signal was lost or a worker died, run every RECONCILE_INTERVAL seconds on timers
 # inside every worker and beat (workers/liveness.py), not as a scheduled task: beat
 # schedules nothing (app/tasking.py). Handoffs don't wait for them.
+# With nothing scheduled there is nothing to remember between starts: beat keeps its
+# (empty) schedule in memory, so it needs no file and no ./var/ of a deployment.
+beat_scheduler = "celery.beat:Scheduler"
 
 timezone = "UTC"
 enable_utc = True

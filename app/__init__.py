@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 
+from app import security
 from app.config import Settings
 from app.extensions import db, migrate
 
@@ -21,7 +22,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask(__name__, template_folder="../templates", static_folder="static")
     _configure(app, settings, overrides)
     _register_extensions(app, settings)
-    _register_blueprints(app)
+    _register_blueprints(app, settings)
     _register_commands(app)
     return app
 
@@ -49,6 +50,7 @@ def _configure(app: Flask, settings: Settings, overrides: dict[str, Any]) -> Non
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.config.update(overrides)
+    security.init_app(app, settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
 
 
@@ -62,13 +64,15 @@ def _register_extensions(app: Flask, settings: Settings) -> None:
     processors.load_modules(settings.processor_modules)
 
 
-def _register_blueprints(app: Flask) -> None:
-    from app import live, views
+def _register_blueprints(app: Flask, settings: Settings) -> None:
+    from app import live, rate_limits, views
     from app.api import bp as api_bp
+    from app.views.auth import bp as auth_bp
 
     app.register_blueprint(api_bp)
     views.init_app(app)
     live.init_app(app)
+    rate_limits.init_app(app, settings, api=api_bp, auth=auth_bp)
 
 
 def _register_commands(app: Flask) -> None:

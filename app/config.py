@@ -67,6 +67,36 @@ def _count(name: str, raw: str | None) -> int:
     return int(raw)
 
 
+def _rate_limit(name: str, raw: str | None, default: str) -> str:
+    """A Flask-Limiter string such as `600/minute` (unset: the default); a bad one names its variable."""
+    from limits import parse_many
+
+    value = (raw or default).strip()
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate limit such as {default!r}, not {raw!r}") from None
+    return value
+
+
+def _secret_key(env: dict[str, str], vdir: Path) -> str:
+    """SECRET_KEY, or a key generated under var/ for a checkout that runs on its embedded servers.
+
+    A DATABASE_URL says this is a deployment: there a generated key would differ
+    between machines and vanish with the checkout, signing everyone out, so it is
+    an error instead (`make run` hands its own kept key to what it starts).
+    """
+    key = env.get("SECRET_KEY")
+    if key:
+        return key
+    if env.get("DATABASE_URL"):
+        raise ConfigError(
+            "SECRET_KEY is not set: with DATABASE_URL set (a deployment) the session signing key must be given, "
+            "the same for every process (generate one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return ensure_secret(vdir, "secret_key", new_secret_key)
+
+
 def _split_list(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
@@ -110,6 +140,12 @@ class Settings:
     queue_on_failure: str = "continue"
     queue_pause_after_failures: int = 0
     events_channel: str = "batchq:events"
+    # https: cookies are Secure and HSTS is sent on every response, not only on HTTPS requests.
+    preferred_url_scheme: str = "http"
+    # Proxy hops in front of the web server whose X-Forwarded-For/-Proto are believed (0: none).
+    trusted_proxies: int = 0
+    rate_limit_api: str = "600/minute"
+    rate_limit_login: str = "10/minute"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -130,7 +166,7 @@ class Settings:
             database_url=normalize_database_url(database_url),
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
-            secret_key=env.get("SECRET_KEY") or ensure_secret(vdir, "secret_key", new_secret_key),
+            secret_key=_secret_key(env, vdir),
             processor_modules=_split_list(env.get("PROCESSOR_MODULES")),
             http_allowed_hosts=_split_list(env.get("HTTP_PROCESSOR_ALLOWED_HOSTS")),
             heartbeat_timeout=_positive(env, "BATCH_HEARTBEAT_TIMEOUT", 30.0, float),
@@ -140,4 +176,8 @@ class Settings:
             queue_on_failure=_choice("QUEUE_ON_FAILURE", env.get("QUEUE_ON_FAILURE"), FAILURE_POLICIES),
             queue_pause_after_failures=_count("QUEUE_PAUSE_AFTER_FAILURES", env.get("QUEUE_PAUSE_AFTER_FAILURES")),
             events_channel=env.get("BATCHQ_EVENTS_CHANNEL") or "batchq:events",
+            preferred_url_scheme=_choice("PREFERRED_URL_SCHEME", env.get("PREFERRED_URL_SCHEME"), ("http", "https")),
+            trusted_proxies=_count("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES")),
+            rate_limit_api=_rate_limit("RATE_LIMIT_API", env.get("RATE_LIMIT_API"), "600/minute"),
+            rate_limit_login=_rate_limit("RATE_LIMIT_LOGIN", env.get("RATE_LIMIT_LOGIN"), "10/minute"),
         )

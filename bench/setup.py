@@ -64,6 +64,8 @@ def bench_environment(database: str, redis_db: int, channel: str, **extra: str) 
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": redis_url,
         "BATCHQ_EVENTS_CHANNEL": channel,
+        # With DATABASE_URL set the service demands a SECRET_KEY; a benchmark signs nothing that lasts.
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-only",
         **extra,
     }
     subprocess.run(

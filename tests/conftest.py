@@ -103,7 +103,15 @@ def app(settings: Settings) -> Iterator[Flask]:
     """The app, on a freshly migrated database."""
     from flask_migrate import upgrade
 
-    app = create_app(settings, TESTING=True, WTF_CSRF_ENABLED=False)
+    # Rate limits off for the session's app: its tests share one token and one address. The limits'
+    # own tests (tests/test_rate_limits.py) build apps of their own with them on.
+    app = create_app(
+        settings,
+        TESTING=True,
+        WTF_CSRF_ENABLED=False,
+        RATELIMIT_ENABLED=False,
+        RATELIMIT_KEY_PREFIX=f"batchq-{SESSION_TAG}:limits",
+    )
     celery = app.extensions["celery"]
     # Keys and queues of this session only: a stack running beside the tests
     # on the same Redis must not take our tasks, nor we its.
@@ -561,3 +569,28 @@ def queue_violations() -> list[str]:
         if r.status not in ("queued", "in_progress", "stopping") and (positions[r.id], r.queue_rank) != (None, None)
     ]
     return problems
+
+
+@pytest.fixture
+def another_app(app: Flask, settings: Settings) -> Iterator[Callable[..., Flask]]:
+    """Build more apps on the session's servers, with settings changed (`another_app(rate_limit_api=...)`).
+
+    Each is what another web process would run; config overrides go as upper-case keywords.
+    """
+    from dataclasses import replace
+
+    made: list[Flask] = []
+
+    def build(**changes: Any) -> Flask:
+        overrides = {key: value for key, value in changes.items() if key.isupper()}
+        fields = {key: value for key, value in changes.items() if not key.isupper()}
+        extra = create_app(replace(settings, **fields), TESTING=True, WTF_CSRF_ENABLED=False, **overrides)
+        # create_app makes its Celery app the process default; give it back to the session's app.
+        app.extensions["celery"].set_default()
+        made.append(extra)
+        return extra
+
+    yield build
+    for extra in made:
+        with extra.app_context():
+            db.engine.dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flask import Flask
 
@@ -56,3 +58,38 @@ def test_the_failure_policy_defaults_to_continue_and_never_pausing_and_refuses_a
         Settings.from_env(base | {"QUEUE_ON_FAILURE": "stop"})
     with pytest.raises(ConfigError, match="QUEUE_PAUSE_AFTER_FAILURES"):
         Settings.from_env(base | {"QUEUE_PAUSE_AFTER_FAILURES": "-1"})
+
+
+def test_a_deployment_without_secret_key_is_refused_naming_it(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "postgresql://db/x", "REDIS_URL": "redis://r/0", "BATCHQ_VAR_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="SECRET_KEY is not set"):
+        Settings.from_env(env)
+    assert list(tmp_path.iterdir()) == []  # and no key was generated meanwhile
+    assert Settings.from_env(env | {"SECRET_KEY": "given"}).secret_key == "given"
+
+
+def test_hardening_settings_default_to_the_documented_values() -> None:
+    settings = Settings.from_env(BASE)
+    assert (settings.preferred_url_scheme, settings.trusted_proxies) == ("http", 0)
+    assert (settings.rate_limit_api, settings.rate_limit_login) == ("600/minute", "10/minute")
+    changed = Settings.from_env(
+        BASE
+        | {"PREFERRED_URL_SCHEME": "HTTPS", "TRUSTED_PROXIES": "2", "RATE_LIMIT_API": "5/second;100/hour"}
+        | {"RATE_LIMIT_LOGIN": "3 per minute"}
+    )
+    assert (changed.preferred_url_scheme, changed.trusted_proxies) == ("https", 2)
+    assert (changed.rate_limit_api, changed.rate_limit_login) == ("5/second;100/hour", "3 per minute")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATE_LIMIT_API", "lots"),
+        ("RATE_LIMIT_LOGIN", "10/fortnight"),
+        ("TRUSTED_PROXIES", "one"),
+        ("PREFERRED_URL_SCHEME", "ftp"),
+    ],
+)
+def test_a_bad_hardening_setting_is_refused_naming_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**BASE, name: value})

@@ -41,11 +41,11 @@ def _say(message: str) -> None:
     print(f"batchq: {message}", flush=True)
 
 
-def _kept_secrets(var_dir: Path) -> str:
-    """Generate var/secret_key and var/flower_auth once; return the Flower credentials in use."""
-    ensure_secret(var_dir, "secret_key", new_secret_key)
+def _kept_secrets(var_dir: Path) -> tuple[str, str]:
+    """Generate var/secret_key and var/flower_auth once; return the session key and Flower credentials in use."""
+    secret_key = ensure_secret(var_dir, "secret_key", new_secret_key)
     kept = ensure_secret(var_dir, "flower_auth", new_flower_auth)
-    return os.environ.get("FLOWER_BASIC_AUTH") or kept
+    return os.environ.get("SECRET_KEY") or secret_key, os.environ.get("FLOWER_BASIC_AUTH") or kept
 
 
 def _exit_code(returncode: int) -> int:
@@ -81,10 +81,13 @@ def cmd_run(argv: list[str]) -> int:
     started = None
     try:
         started = start_servers(var_dir, postgres=want_pg, redis=want_redis)
-        flower_auth = _kept_secrets(var_dir)
+        secret_key, flower_auth = _kept_secrets(var_dir)
         env = dict(os.environ)
         env.setdefault("BATCHQ_VAR_DIR", str(var_dir))
-        env.setdefault("FLOWER_BASIC_AUTH", flower_auth)
+        # What it starts sees a DATABASE_URL, which alone would demand a SECRET_KEY (a deployment's rule):
+        # `make run` is not a deployment, and hands over the key it keeps in var/secret_key.
+        env["SECRET_KEY"] = secret_key
+        env["FLOWER_BASIC_AUTH"] = flower_auth
         if want_pg:
             env["DATABASE_URL"] = started.urls.database_url
             _say(f"PostgreSQL  {started.urls.database_url}  (embedded, data in {var_dir / 'postgres'})")
