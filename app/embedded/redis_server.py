@@ -67,6 +67,7 @@ def ensure_started(var_dir: Path) -> bool:
         return False
     redis_dir = var_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
+    redis_dir.chmod(0o700)  # its data is the queue's messages: ours alone, like PostgreSQL's
     conf_path = redis_dir / "redis.conf"
     pid_path = redis_dir / "redis.pid"
     log = redis_dir / "redis.log"

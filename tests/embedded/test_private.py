@@ -86,6 +86,8 @@ def test_secret_files_are_readable_by_the_owner_only(var_dir: Path) -> None:
     ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not (var_dir / "postgres" / ".initdb-password").exists()
+    for directory in (var_dir / "postgres", var_dir / "redis"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
 
 def test_flask_settings_discover_the_servers_with_their_credentials(var_dir: Path) -> None:
