@@ -1,7 +1,7 @@
 """Command line of the embedded servers (what `make run` uses).
 
     python -m app.embedded run -- CMD [ARG...]   start what is missing, run CMD, stop what we started
-    python -m app.embedded up                    start both, print DATABASE_URL=... / REDIS_URL=...
+    python -m app.embedded up                    start both, print where they listen (passwords hidden)
     python -m app.embedded down                  stop both
     python -m app.embedded status                what runs (exit 0 when both do)
 
@@ -23,6 +23,7 @@ from app.embedded.servers import (
     ensure_secret,
     new_flower_auth,
     new_secret_key,
+    redacted,
     start_servers,
     status,
     stop,
@@ -136,8 +137,9 @@ def cmd_up() -> int:
         print(f"batchq: {exc}", file=sys.stderr)
         return 1
     _kept_secrets(var_dir)
-    print(f"DATABASE_URL={urls.database_url}")
-    print(f"REDIS_URL={urls.redis_url}")
+    # Only make run's own start lines show the passwords; flask commands read them from embedded.json.
+    print(f"DATABASE_URL={redacted(urls.database_url)}")
+    print(f"REDIS_URL={redacted(urls.redis_url)}")
     return 0
 
 

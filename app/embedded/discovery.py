@@ -2,6 +2,7 @@
 
 `python -m app.embedded` writes it under the lock whenever it starts or stops a server; a `flask`
 command, a benchmark or the app's config reads it to find the servers with no variables set.
+The URLs carry the servers' passwords, so the file is 0600 and its URLs are shown only `redacted`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from app.embedded.files import absolute, atomic_write
 from app.embedded.ports import port_open
@@ -51,7 +53,7 @@ def write_discovery(var_dir: Path, postgres: RunningServer | None, redis: Runnin
         "postgres_pid": postgres.pid if postgres else None,
         "redis_pid": redis.pid if redis else None,
     }
-    atomic_write(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write(path, json.dumps(payload, indent=2) + "\n", mode=0o600)
     return urls
 
 
@@ -78,6 +80,15 @@ def read_discovery(var_dir: Path) -> EmbeddedUrls | None:
         if not isinstance(pid, int) or port is None or not pid_alive(pid) or not port_open(port):
             return None
     return EmbeddedUrls(database_url=database_url, redis_url=redis_url)
+
+
+def redacted(url: str) -> str:
+    """`url` with its password replaced by ***, for anything printed or logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.hostname}:{parts.port}"))
 
 
 def _url_port(url: str) -> int | None:

