@@ -29,7 +29,7 @@ schema = schemathesis.openapi.from_dict(
 )
 # JSON Lines is text too: sent as is, so the import sees what was generated.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 _token: list[str] = []
 
 # Refusals of schema-valid requests that no OpenAPI 3.0 schema can rule out: references to rows
