@@ -5,6 +5,8 @@
 #                  DATABASE_URL / REDIS_URL are set; Ctrl-C stops everything it started
 #   make test      the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make test-faults  the fault-injection suite alone (killed workers, a stopped Redis, lost messages)
+#   make fuzz      schemathesis against the API from its openapi.json, FUZZ_EXAMPLES (500) cases per operation
+#                  instead of the suite's 50 (same seed, same checks; tests/api/test_fuzz.py)
 #   make lint      ruff check, ruff format --check and mypy (strict for app/services and tasks)
 #   make bench     bench.handoff, .live, .control, .recovery, .estimates, .profiles_form in turn
 #                  (BENCH_ARGS, LIVE_ARGS, CONTROL_ARGS, RECOVERY_ARGS, ESTIMATE_ARGS, PROFILES_ARGS)
@@ -24,10 +26,10 @@ LIVE_ARGS ?=
 CONTROL_ARGS ?=
 ESTIMATE_ARGS ?=
 
-.PHONY: help install install-prod run test test-faults lint bench clean distclean
+.PHONY: help install install-prod run test test-faults fuzz lint bench clean distclean
 
 help:
-	@sed -n '2,11s/^# \{0,1\}//p' Makefile
+	@sed -n '2,13s/^# \{0,1\}//p' Makefile
 
 install: $(STAMP)
 
@@ -60,6 +62,10 @@ test: install
 # The fault-injection suite alone (it is part of `make test` too).
 test-faults: install
 	@$(MAKE) --no-print-directory test PYTEST_ARGS="-m faults tests/faults $(PYTEST_ARGS)"
+
+# The suite's fuzz test at length: more cases per operation, the same derandomized seed and checks.
+fuzz: install
+	@FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(MAKE) --no-print-directory test PYTEST_ARGS="tests/api/test_fuzz.py $(PYTEST_ARGS)"
 
 # ruff and mypy are developer tools, pinned in requirements-dev.txt; mypy's settings are in pyproject.toml.
 lint: install

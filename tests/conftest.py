@@ -36,6 +36,8 @@ from app.processors import ItemFailed, ProfileData, RunContext, registry
 from app.services import accounts
 
 SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+# The hosts the session lets the http processor call.
+HTTP_ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 TABLES = "batch_logs, batch_items, batches, profiles, api_tokens, users"
 
 
@@ -93,7 +95,7 @@ def settings(servers: tuple[str, str]) -> Settings:
         broker_url=redis_url,
         secret_key="test-secret",
         events_channel=f"batchq-{SESSION_TAG}:events",
-        http_allowed_hosts=("127.0.0.1", "localhost"),
+        http_allowed_hosts=HTTP_ALLOWED_HOSTS,
         heartbeat_timeout=30.0,
     )
 

@@ -43,7 +43,13 @@ def validation_error(exc: ValidationError) -> Response:
 def http_error(exc: HTTPException) -> Response:
     db.session.rollback()
     code = (exc.name or "error").lower().replace(" ", "_")
-    return error_response(exc.code or 500, code, exc.description or exc.name)
+    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    # The exception's own headers say what the client needs next: Allow on a 405 (RFC 9110),
+    # Retry-After on a 429 or 503. Only the body is ours; its type stays JSON.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 @bp.app_errorhandler(404)

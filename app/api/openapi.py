@@ -7,8 +7,11 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import current_app
 
 from app.api import bp
+from app.api.batches import MAX_IDEMPOTENCY_KEY
+from app.api.processor_spec import describe_processors
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
 from app.schemas.profiles import ImportResult, ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
@@ -16,23 +19,38 @@ from app.schemas.queue import HealthOut, PolicyBody, QueueOut
 from app.services.logs import FORMATS
 
 ERRORS = {
-    "401": "no or bad token",
+    "400": "a body that is not a JSON object (or not of the declared Content-Type)",
+    "401": "no, bad, expired or revoked token",
+    "403": "the token's role may not do this",
     "404": "unknown id",
     "409": "a state that forbids the action",
     "413": "body over 1 MiB",
-    "422": "invalid input",
+    "422": "invalid input, named in `fields`",
+    "429": "too many requests; Retry-After says when to try again",
 }
+# What any route behind a token can answer, whatever it does.
+TOKEN_ERRORS = ("401", "403", "429")
+# What reading a JSON body can answer.
+BODY_ERRORS = ("400", "413", "422")
 
 
 def _json(schema: Any) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _error(code: str) -> dict[str, Any]:
+    response = {"description": ERRORS[code], **_json("Error")}
+    if code == "429":
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return response
+
+
 def _op(summary: str, ok: tuple[str, Any], body: Any = None, query: Any = None, errors: tuple[str, ...] = ()) -> dict:
+    codes = (*TOKEN_ERRORS, *errors, *(BODY_ERRORS if body is not None else ()), *(("422",) if query else ()))
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {ok[0]: {"description": "success", **_json(ok[1])}}
-        | {code: {"description": ERRORS[code], **_json("Error")} for code in ("401", *errors)},
+        | {code: _error(code) for code in sorted(set(codes))},
     }
     if body is not None:
         operation["requestBody"] = {"required": True, **_json(body)}
@@ -57,7 +75,7 @@ def _id(name: str) -> list[dict[str, Any]]:
 
 
 def _import_op() -> dict[str, Any]:
-    operation = _op("Import profiles by name, all or nothing", ("200", "ImportResult"), errors=("413", "422"))
+    operation = _op("Import profiles by name, all or nothing", ("200", "ImportResult"), errors=BODY_ERRORS)
     operation["description"] = (
         "CSV (header `name,tags,<attribute columns>`; tags split on spaces, commas or semicolons; empty cells"
         " left out) or JSON Lines (one ProfileCreate object a line). A profile whose name exists is updated"
@@ -66,7 +84,7 @@ def _import_op() -> dict[str, Any]:
     )
     text = {"schema": {"type": "string"}}
     operation["requestBody"] = {"required": True, "content": {"text/csv": text, "application/x-ndjson": text}}
-    operation["responses"]["400"] = {"description": "another Content-Type", **_json("Error")}
+    operation["responses"]["400"]["description"] = "another Content-Type"
     return operation
 
 
@@ -79,7 +97,7 @@ def _delete_op() -> dict[str, Any]:
 
 @cache
 def _resume_op() -> dict[str, Any]:
-    operation = _op("Queue a stopped batch again", ("200", "Batch"), errors=("404", "409", "422"))
+    operation = _op("Queue a stopped batch again", ("200", "Batch"), errors=("404", "409", *BODY_ERRORS))
     operation["requestBody"] = {"required": False, **_json("Resume")}
     operation["responses"]["409"]["description"] = "the batch is not stopped"
     return operation
@@ -92,8 +110,12 @@ def _retry_op() -> dict[str, Any]:
     return operation
 
 
-def build_spec() -> dict[str, Any]:
-    """Describe every endpoint of the contract."""
+def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Describe every endpoint of the contract, with the processors registered now.
+
+    The `http` processor's URLs are narrowed to `http_allowed_hosts`, since a
+    request for any other host is refused however well formed.
+    """
     spec = APISpec(
         title="batchq",
         version="1.0.0",
@@ -123,21 +145,24 @@ def build_spec() -> dict[str, Any]:
         "Health": HealthOut,
     }.items():
         spec.components.schema(name, schema=schema)
-    idem = {"in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string"}}
-    create = _op("Create a batch", ("201", "Batch"), body="BatchCreate", errors=("409", "413", "422"))
+    idem = {
+        "in": "header",
+        "name": "Idempotency-Key",
+        "required": False,
+        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
+    }
+    create = _op("Create a batch", ("201", "Batch"), body="BatchCreateRequest", errors=("409",))
     create["parameters"] = [idem]
     create["responses"]["200"] = {"description": "repeat of an Idempotency-Key", **_json("Batch")}
     paths: dict[str, dict[str, Any]] = {
         "/profiles": {
-            "post": _op("Create a profile", ("201", "Profile"), body="ProfileCreate", errors=("409", "413", "422")),
+            "post": _op("Create a profile", ("201", "Profile"), body="ProfileCreate", errors=("409",)),
             "get": _op("List profiles", ("200", "ProfileList"), query=ProfileListArgs),
         },
         "/profiles/import": {"post": _import_op()},
         "/profiles/{profile_id}": {
             "get": _op("Get a profile", ("200", "Profile"), errors=("404",)),
-            "patch": _op(
-                "Edit a profile", ("200", "Profile"), body="ProfilePatch", errors=("404", "409", "413", "422")
-            ),
+            "patch": _op("Edit a profile", ("200", "Profile"), body="ProfilePatch", errors=("404", "409")),
             "delete": _delete_op(),
         },
         "/batches": {"post": create, "get": _op("List batches", ("200", "BatchList"), query=BatchListArgs)},
@@ -151,7 +176,7 @@ def build_spec() -> dict[str, Any]:
                 "at a level and above",
                 ("200", "LogList"),
                 query=LogArgs,
-                errors=("404", "422"),
+                errors=("404",),
             )
         },
         "/batches/{batch_id}/logs.txt": {"get": _download("The whole log, one `at level message` a line", "txt")},
@@ -159,7 +184,7 @@ def build_spec() -> dict[str, Any]:
         "/batches/{batch_id}/stop": {"post": _op("Stop the running batch", ("200", "Batch"), errors=("404", "409"))},
         "/batches/{batch_id}/cancel": {"post": _op("Remove a queued batch", ("200", "Batch"), errors=("404", "409"))},
         "/batches/{batch_id}/move": {
-            "post": _op("Move a queued batch", ("200", "Batch"), body="Move", errors=("404", "409", "422"))
+            "post": _op("Move a queued batch", ("200", "Batch"), body="Move", errors=("404", "409"))
         },
         "/batches/{batch_id}/resume": {"post": _resume_op()},
         "/batches/{batch_id}/retry": {"post": _retry_op()},
@@ -183,7 +208,6 @@ def build_spec() -> dict[str, Any]:
                 "Change the failure policy (logged with who changed it)",
                 ("200", "FailurePolicy"),
                 body="FailurePolicy",
-                errors=("413", "422"),
             ),
         },
         "/health": {
@@ -193,17 +217,23 @@ def build_spec() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "healthy", **_json("Health")},
                     "503": {"description": "degraded", **_json("Health")},
+                    "429": _error("429"),
                 },
             }
         },
     }
+    describe_processors(spec, http_allowed_hosts)
     for path, operations in paths.items():
         parameters = _id(path.split("{")[1].split("}")[0]) if "{" in path else None
         spec.path(path=path, operations=operations, parameters=parameters)
     spec.path(
         path="/openapi.json",
         operations={
-            "get": {"summary": "This description", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}
+            "get": {
+                "summary": "This description",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3", **_json({"type": "object"})}, "429": _error("429")},
+            }
         },
     )
     return spec.to_dict()
@@ -211,4 +241,4 @@ def build_spec() -> dict[str, Any]:
 
 @bp.get("/openapi.json")
 def openapi_json() -> dict[str, Any]:
-    return build_spec()
+    return build_spec(tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ())))

@@ -28,6 +28,7 @@ class BatchCreate(Schema):
         fields.Integer(strict=True, validate=validate.Range(min=1)),
         load_default=list,
         validate=validate.Length(max=MAX_PROFILES),
+        metadata={"uniqueItems": True},
     )
     profile_tags = fields.List(Tag(), validate=validate.Length(max=100))
     processor = fields.String(required=True)
@@ -130,10 +131,15 @@ class Moment(fields.Field):
         if not isinstance(value, str) or not value.strip():
             raise self.make_error("invalid")
         try:
-            moment = datetime.fromisoformat(value.strip())
+            # RFC 3339 lets `t` and `z` be lower case; fromisoformat wants them upper.
+            moment = datetime.fromisoformat(value.strip().upper())
         except ValueError:
             raise self.make_error("invalid") from None
         return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# How OpenAPI describes a Moment: a date or a date-time.
+MOMENT = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
 
 
 class StatusList(fields.List):
@@ -159,12 +165,8 @@ class BatchFilterArgs(Schema):
     status = StatusList(metadata={"description": "one or more statuses, repeated or comma-separated"})
     processor = fields.String(validate=validate.Length(max=100), metadata={"description": "processor name"})
     created_by = fields.String(validate=validate.Length(max=200), metadata={"description": "who created it"})
-    created_after = Moment(
-        metadata={"type": "string", "description": "created at or after (ISO 8601; a date means 00:00 UTC)"}
-    )
-    created_before = Moment(
-        metadata={"type": "string", "description": "created before (ISO 8601; a date means 00:00 UTC)"}
-    )
+    created_after = Moment(metadata={**MOMENT, "description": "created at or after (ISO 8601; a date means 00:00 UTC)"})
+    created_before = Moment(metadata={**MOMENT, "description": "created before (ISO 8601; a date means 00:00 UTC)"})
 
     @validates_schema
     def dates_in_order(self, data: dict[str, Any], **_: Any) -> None:

@@ -148,3 +148,13 @@ def test_health_with_the_database_unreachable_is_503_degraded(
     assert body["database"] != "ok"
     assert body["broker"] == "ok"
     assert isinstance(body["workers"], list)
+
+
+@pytest.mark.parametrize("answers, reachable", [([False, True], True), ([False, False], False), ([True], True)])
+def test_broker_probe_counts_a_failure_only_when_a_second_probe_confirms_it(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, answers: list[bool], reachable: bool
+) -> None:
+    left = list(answers)
+    monkeypatch.setattr(BrokerProbe, "_probe", lambda self: left.pop(0))
+    assert BrokerProbe(app.extensions["celery"]).ok() is reachable
+    assert left == []

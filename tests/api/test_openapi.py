@@ -161,3 +161,47 @@ def test_openapi_batch_creation_documents_201_200_409_and_the_idempotency_key(
 
 def test_openapi_needs_no_token_and_matches_what_api_clients_see(api: ApiClient, spec: dict[str, Any]) -> None:
     assert api.get("/openapi.json").get_json() == spec
+
+
+def test_openapi_declares_401_403_and_429_on_every_route_behind_a_token(spec: dict[str, Any]) -> None:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in {"get", "post", "put", "patch", "delete"} and operation.get("security") != []:
+                assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
+
+
+def test_openapi_declares_400_413_and_422_wherever_a_json_body_is_read(spec: dict[str, Any]) -> None:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                assert {"400", "413", "422"} <= set(operation["responses"]), (method, path)
+
+
+def test_openapi_names_the_registered_processors_each_with_its_parameters(spec: dict[str, Any]) -> None:
+    from app import processors
+
+    schemas = spec["components"]["schemas"]
+    assert schemas["BatchCreate"]["properties"]["processor"]["enum"] == processors.names()
+    body = spec["paths"]["/batches"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    union = schemas[body["$ref"].rsplit("/", 1)[1]]
+    assert set(union["discriminator"]["mapping"]) == set(processors.names())
+    sleep = schemas["BatchCreate.sleep"]["allOf"][1]
+    assert sleep["properties"]["parameters"]["required"] == ["seconds"]
+    assert sleep["required"] == ["parameters"]
+
+
+def test_openapi_narrows_http_urls_to_the_allowed_hosts(app: Flask) -> None:
+    from app.api.openapi import build_spec
+
+    schemas = build_spec(("example.org",))["components"]["schemas"]
+    url = schemas["BatchCreate.http"]["allOf"][1]["properties"]["parameters"]["properties"]["url"]
+    assert re.match(url["pattern"], "https://example.org:8443/hook")
+    assert not re.match(url["pattern"], "http://127.0.0.1/hook")
+
+
+@pytest.mark.parametrize("method, path", [("put", "/queue"), ("delete", "/batches"), ("patch", "/openapi.json")])
+def test_405_names_the_allowed_methods_in_the_contract_error_shape(api: ApiClient, method: str, path: str) -> None:
+    response = api.client.open(f"/api/v1{path}", method=method.upper(), headers=api.headers)
+    assert response.status_code == 405
+    assert {"GET"} <= {m.strip() for m in response.headers["Allow"].split(",")}
+    assert response.is_json and set(response.get_json()["error"]) == {"code", "message"}
