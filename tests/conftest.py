@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 from app import create_app
 from app.config import Settings, normalize_database_url
 from app.extensions import db
+from app.models import Role
 from app.processors import ItemFailed, ProfileData, RunContext, registry
 from app.services import accounts
 
@@ -257,12 +258,18 @@ def app_ctx(app: Flask, clean: None) -> Iterator[Flask]:
         db.session.remove()
 
 
-@pytest.fixture
-def token(app: Flask, clean: None) -> str:
+def make_token(app: Flask, name: str, role: Role = Role.OPERATOR) -> str:
+    """A token of that role, committed."""
     with app.app_context():
-        value = accounts.create_token("tests")
+        value = accounts.create_token(name, role)
         db.session.remove()
     return value
+
+
+@pytest.fixture
+def token(app: Flask, clean: None) -> str:
+    """An operator's token: what the service's default token may do (the failure policy needs admin_api)."""
+    return make_token(app, "tests")
 
 
 class ApiClient:
@@ -319,13 +326,18 @@ class ApiClient:
 PASSWORD = "correct horse"
 
 
+def make_user(app: Flask, name: str, role: Role) -> str:
+    """A user of that role who signs in with PASSWORD, committed."""
+    with app.app_context():
+        accounts.create_user(name, PASSWORD, role)
+        db.session.remove()
+    return name
+
+
 @pytest.fixture
 def user(app: Flask, clean: None) -> str:
-    """A user who can sign in to the pages: alice, with PASSWORD."""
-    with app.app_context():
-        accounts.create_user("alice", PASSWORD)
-        db.session.remove()
-    return "alice"
+    """A user who can sign in to every page and use every control: alice, an admin, with PASSWORD."""
+    return make_user(app, "alice", Role.ADMIN)
 
 
 def assert_queue_consistent(app: Flask) -> None:
@@ -337,6 +349,12 @@ def assert_queue_consistent(app: Flask) -> None:
 @pytest.fixture
 def api(app: Flask, token: str) -> ApiClient:
     return ApiClient(app.test_client(), token)
+
+
+@pytest.fixture
+def admin_api(app: Flask, clean: None) -> ApiClient:
+    """A client with an admin's token: settings such as the failure policy."""
+    return ApiClient(app.test_client(), make_token(app, "admin", Role.ADMIN))
 
 
 class SentTasks:

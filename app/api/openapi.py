@@ -8,6 +8,7 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
+from app.access import public
 from app.api import bp
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
@@ -16,7 +17,8 @@ from app.schemas.queue import HealthOut, PolicyBody, QueueOut
 from app.services.logs import FORMATS
 
 ERRORS = {
-    "401": "no or bad token",
+    "401": "no, bad, expired or revoked token",
+    "403": "the token's role may not do this",
     "404": "unknown id",
     "409": "a state that forbids the action",
     "413": "body over 1 MiB",
@@ -32,7 +34,7 @@ def _op(summary: str, ok: tuple[str, Any], body: Any = None, query: Any = None, 
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {ok[0]: {"description": "success", **_json(ok[1])}}
-        | {code: {"description": ERRORS[code], **_json("Error")} for code in ("401", *errors)},
+        | {code: {"description": ERRORS[code], **_json("Error")} for code in ("401", "403", *errors)},
     }
     if body is not None:
         operation["requestBody"] = {"required": True, **_json(body)}
@@ -210,5 +212,6 @@ def build_spec() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@public
 def openapi_json() -> dict[str, Any]:
     return build_spec()
