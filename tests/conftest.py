@@ -213,6 +213,12 @@ def clean(app: Flask) -> Iterator[None]:
     test that creates one, say): that run is stopped and waited for first, or
     its writes would race the TRUNCATE.
     """
+    reset_tables(app)
+    yield
+
+
+def reset_tables(app: Flask) -> None:
+    """What `clean` does, for fixtures of a wider scope."""
     with app.app_context():
         _settle_runs()
         for attempt in range(3):
@@ -232,7 +238,6 @@ def clean(app: Flask) -> Iterator[None]:
                 if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 2:
                     raise
         db.session.remove()
-    yield
 
 
 def _settle_runs() -> None:
