@@ -8,6 +8,7 @@ and a Redis key and channel prefix of its own, so parallel runs don't meet.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings, normalize_database_url
+from app.errors import Conflict
 from app.extensions import db
 from app.models import Role
 from app.processors import ItemFailed, ProfileData, RunContext, registry
@@ -250,7 +252,9 @@ def _settle_runs() -> None:
 
     running = queue_manager.get_running_batch()
     if running is not None and running.status == "in_progress":
-        queue_manager.stop(running.id, "teardown")
+        # The run may end between the read and the stop; then there is nothing left to stop.
+        with contextlib.suppress(Conflict):
+            queue_manager.stop(running.id, "teardown")
     wait_for(lambda: not held_leases(), timeout=15)
     sent_tasks.wait_until_run(timeout=30)
 
