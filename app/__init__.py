@@ -76,7 +76,8 @@ def _register_blueprints(app: Flask, settings: Settings) -> None:
 
 
 def _register_commands(app: Flask) -> None:
-    from app.cli import queue_cli, token_cli, user_cli
+    from app.account_cli import token_cli, user_cli
+    from app.cli import queue_cli
 
     app.cli.add_command(token_cli)
     app.cli.add_command(user_cli)

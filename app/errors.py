@@ -35,3 +35,8 @@ class InvalidInput(AppError):
 class Unauthorized(AppError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"

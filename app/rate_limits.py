@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from flask_limiter import Limiter, RateLimitExceeded
 
+from app import access
 from app.config import Settings
 
 # Sign-in limits count failures only: a user who signs in, out and in again is not guessing.
@@ -43,9 +44,8 @@ def account_key() -> str:
 
 
 def _api_exempt() -> bool:
-    from app.api.auth import OPEN_ENDPOINTS
-
-    return request.endpoint in OPEN_ENDPOINTS
+    """Health and the API's description are open to anyone and never limited."""
+    return access.is_public(request.endpoint)
 
 
 def _not_login() -> bool:

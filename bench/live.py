@@ -230,6 +230,7 @@ def main() -> None:
 
     from app import create_app
     from app.extensions import db
+    from app.models import Role
     from app.services import accounts
 
     app = create_app()
@@ -237,7 +238,7 @@ def main() -> None:
     # The moment a change is in the database: stamped when its transaction commits.
     event.listen(Session, "after_commit", lambda _session: commits.append(time.time() * 1000))
     with app.app_context():
-        accounts.create_user(USER, PASSWORD)
+        accounts.create_user(USER, PASSWORD, Role.OPERATOR)
         seed_screenshot_rows(db)
         # Paused: the measured batches are queued and cancelled, never dispatched (no worker runs here).
         db.session.execute(

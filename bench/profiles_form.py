@@ -99,12 +99,13 @@ def main() -> None:
 
     bench_environment(BENCH_DB, BENCH_REDIS_DB, CHANNEL)
     from app import create_app
+    from app.models import Role
     from app.services import accounts
 
     app = create_app(WTF_CSRF_ENABLED=False)
     with app.app_context():
         token = accounts.create_token("bench")
-        accounts.create_user("bench", "bench-password")
+        accounts.create_user("bench", "bench-password", Role.OPERATOR)
     api = app.test_client()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
     content = profiles_csv(args.profiles)

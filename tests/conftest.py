@@ -31,7 +31,9 @@ from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings, normalize_database_url
+from app.errors import Conflict
 from app.extensions import db
+from app.models import Role
 from app.processors import ItemFailed, ProfileData, RunContext, registry
 from app.services import accounts
 
@@ -223,6 +225,12 @@ def clean(app: Flask) -> Iterator[None]:
     test that creates one, say): that run is stopped and waited for first, or
     its writes would race the TRUNCATE.
     """
+    reset_tables(app)
+    yield
+
+
+def reset_tables(app: Flask) -> None:
+    """What `clean` does, for fixtures of a wider scope."""
     with app.app_context():
         _settle_runs()
         for attempt in range(3):
@@ -242,7 +250,6 @@ def clean(app: Flask) -> Iterator[None]:
                 if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 2:
                     raise
         db.session.remove()
-    yield
 
 
 def _settle_runs() -> None:
@@ -251,7 +258,6 @@ def _settle_runs() -> None:
     A promotion chained onto an earlier test's last run would otherwise run in
     the next test, and start a batch that test means to keep queued.
     """
-    from app.errors import Conflict
     from app.services import queue_manager
 
     running = queue_manager.get_running_batch()
@@ -271,12 +277,18 @@ def app_ctx(app: Flask, clean: None) -> Iterator[Flask]:
         db.session.remove()
 
 
-@pytest.fixture
-def token(app: Flask, clean: None) -> str:
+def make_token(app: Flask, name: str, role: Role = Role.OPERATOR) -> str:
+    """A token of that role, committed."""
     with app.app_context():
-        value = accounts.create_token("tests")
+        value = accounts.create_token(name, role)
         db.session.remove()
     return value
+
+
+@pytest.fixture
+def token(app: Flask, clean: None) -> str:
+    """An operator's token: what the service's default token may do (the failure policy needs admin_api)."""
+    return make_token(app, "tests")
 
 
 class ApiClient:
@@ -333,13 +345,18 @@ class ApiClient:
 PASSWORD = "correct horse"
 
 
+def make_user(app: Flask, name: str, role: Role) -> str:
+    """A user of that role who signs in with PASSWORD, committed."""
+    with app.app_context():
+        accounts.create_user(name, PASSWORD, role)
+        db.session.remove()
+    return name
+
+
 @pytest.fixture
 def user(app: Flask, clean: None) -> str:
-    """A user who can sign in to the pages: alice, with PASSWORD."""
-    with app.app_context():
-        accounts.create_user("alice", PASSWORD)
-        db.session.remove()
-    return "alice"
+    """A user who can sign in to every page and use every control: alice, an admin, with PASSWORD."""
+    return make_user(app, "alice", Role.ADMIN)
 
 
 def assert_queue_consistent(app: Flask) -> None:
@@ -351,6 +368,12 @@ def assert_queue_consistent(app: Flask) -> None:
 @pytest.fixture
 def api(app: Flask, token: str) -> ApiClient:
     return ApiClient(app.test_client(), token)
+
+
+@pytest.fixture
+def admin_api(app: Flask, clean: None) -> ApiClient:
+    """A client with an admin's token: settings such as the failure policy."""
+    return ApiClient(app.test_client(), make_token(app, "admin", Role.ADMIN))
 
 
 class SentTasks:

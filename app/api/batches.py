@@ -6,10 +6,12 @@ from typing import Any
 
 from flask import Response, g, request, url_for
 
+from app.access import requires
 from app.api import bp
 from app.api.bodies import json_body, load_args, load_body, page_body
 from app.downloads import attachment
 from app.errors import InvalidInput
+from app.models import Role
 from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
 from app.schemas.common import PageArgs
 from app.services import batches, logs, queue_manager
@@ -33,6 +35,7 @@ def idempotency_key() -> str | None:
 
 
 @bp.post("/batches")
+@requires(Role.OPERATOR)
 def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
     raw = json_body()
     data = BatchCreate().load(raw)
@@ -43,6 +46,7 @@ def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @bp.get("/batches")
+@requires(Role.VIEWER)
 def list_batches() -> dict[str, Any]:
     args = load_args(BatchListArgs())
     filters = batches.BatchFilter(
@@ -58,18 +62,21 @@ def list_batches() -> dict[str, Any]:
 
 
 @bp.get("/batches/<int:batch_id>")
+@requires(Role.VIEWER)
 def get_batch(batch_id: int) -> dict[str, Any]:
     read_snapshot()
     return batch_out.dump(batches.get_batch(batch_id))
 
 
 @bp.get("/batches/<int:batch_id>/items")
+@requires(Role.VIEWER)
 def list_items(batch_id: int) -> dict[str, Any]:
     args = load_args(PageArgs())
     return page_body(batches.list_items(batch_id, args["page"], args["per_page"]), ItemOut())
 
 
 @bp.get("/batches/<int:batch_id>/logs")
+@requires(Role.VIEWER)
 def list_logs(batch_id: int) -> dict[str, Any]:
     args = load_args(LogArgs())
     window = logs.Window(level=args.get("level"), after=args.get("after"), before=args.get("before"))
@@ -78,27 +85,32 @@ def list_logs(batch_id: int) -> dict[str, Any]:
 
 @bp.get("/batches/<int:batch_id>/logs.txt", defaults={"fmt": "txt"})
 @bp.get("/batches/<int:batch_id>/logs.jsonl", defaults={"fmt": "jsonl"})
+@requires(Role.VIEWER)
 def download_logs(batch_id: int, fmt: str) -> Response:
     return attachment(logs.export(batch_id, fmt))
 
 
 @bp.post("/batches/<int:batch_id>/stop")
+@requires(Role.OPERATOR)
 def stop_batch(batch_id: int) -> dict[str, Any]:
     return batch_out.dump(queue_manager.stop(batch_id, g.actor))
 
 
 @bp.post("/batches/<int:batch_id>/cancel")
+@requires(Role.OPERATOR)
 def cancel_batch(batch_id: int) -> dict[str, Any]:
     return batch_out.dump(queue_manager.cancel(batch_id, g.actor))
 
 
 @bp.post("/batches/<int:batch_id>/move")
+@requires(Role.OPERATOR)
 def move_batch(batch_id: int) -> dict[str, Any]:
     data = load_body(MoveBody())
     return batch_out.dump(queue_manager.move(batch_id, data["position"], g.actor))
 
 
 @bp.post("/batches/<int:batch_id>/resume")
+@requires(Role.OPERATOR)
 def resume_batch(batch_id: int) -> dict[str, Any]:
     # The body is optional: none at all means "at the end".
     data = ResumeBody().load(json_body() if request.get_data() else {})
@@ -106,6 +118,7 @@ def resume_batch(batch_id: int) -> dict[str, Any]:
 
 
 @bp.post("/batches/<int:batch_id>/retry")
+@requires(Role.OPERATOR)
 def retry_batch(batch_id: int) -> tuple[dict[str, Any], int, dict[str, str]]:
     batch = queue_manager.retry(batch_id, g.actor)
     return batch_out.dump(batch), 201, {"Location": url_for("api.get_batch", batch_id=batch.id)}

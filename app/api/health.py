@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.access import public
 from app.api import bp
 from app.extensions import db
 from app.schemas.queue import HealthOut
@@ -13,6 +14,7 @@ health_out = HealthOut()
 
 
 @bp.get("/health")
+@public
 def health() -> tuple[dict[str, Any], int]:
     state = read_health()
     db.session.rollback()

@@ -9,6 +9,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import current_app
 
+from app.access import public
 from app.api import bp
 from app.api.batches import MAX_IDEMPOTENCY_KEY
 from app.api.processor_spec import describe_processors
@@ -240,5 +241,6 @@ def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@public
 def openapi_json() -> dict[str, Any]:
     return build_spec(tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ())))

@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import request, url_for
 
+from app.access import requires
 from app.api import bp
 from app.api.bodies import MalformedBody, load_args, load_body, page_body
+from app.models import Role
 from app.schemas.profiles import ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
 from app.services import profile_import, profiles
 
@@ -23,6 +25,7 @@ IMPORT_TYPES = {
 
 
 @bp.post("/profiles")
+@requires(Role.OPERATOR)
 def create_profile() -> tuple[dict[str, Any], int, dict[str, str]]:
     data = load_body(ProfileCreate())
     profile = profiles.create_profile(data["name"], data["attributes"], data["tags"])
@@ -30,6 +33,7 @@ def create_profile() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @bp.get("/profiles")
+@requires(Role.VIEWER)
 def list_profiles() -> dict[str, Any]:
     args = load_args(ProfileListArgs())
     listing = profiles.list_profiles(args["page"], args["per_page"], args.get("q"), args.get("tag"))
@@ -37,23 +41,27 @@ def list_profiles() -> dict[str, Any]:
 
 
 @bp.get("/profiles/<int:profile_id>")
+@requires(Role.VIEWER)
 def get_profile(profile_id: int) -> dict[str, Any]:
     return profile_out.dump(profiles.get_profile(profile_id))
 
 
 @bp.patch("/profiles/<int:profile_id>")
+@requires(Role.OPERATOR)
 def update_profile(profile_id: int) -> dict[str, Any]:
     changes = load_body(ProfilePatch())
     return profile_out.dump(profiles.update_profile(profile_id, changes))
 
 
 @bp.delete("/profiles/<int:profile_id>")
+@requires(Role.OPERATOR)
 def delete_profile(profile_id: int) -> tuple[str, int]:
     profiles.delete_profile(profile_id)
     return "", 204
 
 
 @bp.post("/profiles/import")
+@requires(Role.OPERATOR)
 def import_profiles() -> dict[str, int]:
     kind = IMPORT_TYPES.get(request.mimetype)
     if kind is None:

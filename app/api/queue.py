@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import g
 
+from app.access import requires
 from app.api import bp
 from app.api.bodies import load_body
+from app.models import Role
 from app.schemas.queue import PolicyBody, QueueOut
 from app.services import queue_manager
 from app.services.queue_manager import QueueSnapshot
@@ -31,17 +33,20 @@ def queue_body(snapshot: QueueSnapshot) -> dict[str, Any]:
 
 
 @bp.get("/queue")
+@requires(Role.VIEWER)
 def get_queue() -> dict[str, Any]:
     read_snapshot()
     return queue_body(queue_manager.snapshot())
 
 
 @bp.post("/queue/start")
+@requires(Role.OPERATOR)
 def start_queue() -> dict[str, Any]:
     return queue_body(queue_manager.start(g.actor))
 
 
 @bp.post("/queue/drain")
+@requires(Role.OPERATOR)
 def drain_queue() -> dict[str, Any]:
     return queue_body(queue_manager.drain(g.actor))
 
@@ -51,11 +56,13 @@ def policy_body(policy: FailurePolicy) -> dict[str, Any]:
 
 
 @bp.get("/queue/policy")
+@requires(Role.VIEWER)
 def get_policy() -> dict[str, Any]:
     return policy_body(queue_manager.failure_policy())
 
 
 @bp.put("/queue/policy")
+@requires(Role.ADMIN)
 def put_policy() -> dict[str, Any]:
     data = load_body(PolicyBody())
     policy = FailurePolicy(data["on_failure"], data["pause_after_failures"])

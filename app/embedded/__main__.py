@@ -103,6 +103,7 @@ def cmd_run(argv: list[str]) -> int:
         flower_port = os.environ.get("FLOWER_PORT") or "5555"
         _say(f"Flower      http://127.0.0.1:{flower_port}/  user {user}  password {password}")
         _say(f"Web         http://127.0.0.1:{os.environ.get('PORT') or '8000'}/")
+        _say("Sign-in     first admin: .venv/bin/flask --app wsgi user create NAME --role admin  (asks a password)")
         if pending:
             return 130
         try:

@@ -10,9 +10,11 @@ from typing import Any
 from flask import Response, current_app, request
 from flask_login import current_user
 
+from app.access import requires
 from app.extensions import db
 from app.live import bp, hub
 from app.live.hub import CLOSED, Hub, Mailbox
+from app.models import Role
 
 # What the browser waits before reconnecting after a stream ends.
 RETRY_MS = 500
@@ -27,6 +29,7 @@ def _last_event_id() -> int | None:
 
 
 @bp.get("/live/events")
+@requires(Role.VIEWER)
 def events() -> Response:
     if not current_user.is_authenticated:
         return Response("sign in first\n", status=401, mimetype="text/plain")

@@ -1,6 +1,6 @@
 """The service's tables; import from here."""
 
-from app.models.accounts import ApiToken, User
+from app.models.accounts import ApiToken, Role, User
 from app.models.batches import (
     RUNNING_STATUSES,
     Batch,
@@ -23,6 +23,7 @@ __all__ = [
     "ItemStatus",
     "Profile",
     "QueueState",
+    "Role",
     "ServiceProcess",
     "User",
 ]

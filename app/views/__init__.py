@@ -5,12 +5,15 @@ from __future__ import annotations
 from flask import Flask
 from flask_wtf.csrf import generate_csrf
 
+from app.errors import Forbidden
+
 
 def init_app(app: Flask) -> None:
     """Register the page blueprints, sign-in and the template helpers."""
-    from app.views import auth, batches, filters, profiles
+    from app.views import admin, auth, batches, filters, profiles
 
     auth.login_manager.init_app(app)
+    app.register_error_handler(Forbidden, auth.forbidden_page)
     filters.register(app)
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
@@ -19,3 +22,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(profiles.bp)
+    app.register_blueprint(admin.bp)

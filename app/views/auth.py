@@ -14,14 +14,24 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from flask_login import (
+    AnonymousUserMixin,
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_required,
+    login_user,
+    logout_user,
+)
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from app.extensions import db
-from app.models import User
-from app.services.accounts import authenticate_user
+from app import access
+from app.access import public
+from app.errors import Forbidden
+from app.models import Role, User
+from app.services.accounts import SessionKey, authenticate_user, session_user
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -33,15 +43,45 @@ login_manager.login_message_category = "info"
 class SignedIn(UserMixin):
     """The signed-in user as the session knows them (a plain value, no ORM object)."""
 
-    def __init__(self, user_id: int, username: str) -> None:
-        self.id = user_id
-        self.username = username
+    def __init__(self, user: User) -> None:
+        self.id = user.id
+        self.username = user.username
+        self.role = user.role
+        self.key = SessionKey(user.id, user.session_version)
+
+    def get_id(self) -> str:
+        # The session version rides in the cookie, so that bumping it ends the session (and a remember-me cookie).
+        return str(self.key)
+
+    def can(self, role: str) -> bool:
+        """Whether the pages should offer this user what `role` may do."""
+        return Role(self.role).allows(Role(role))
+
+
+class SignedOut(AnonymousUserMixin):
+    def can(self, role: str) -> bool:
+        return False
+
+
+login_manager.anonymous_user = SignedOut
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> SignedIn | None:
-    user = db.session.get(User, int(user_id)) if user_id.isdigit() else None
-    return SignedIn(user.id, user.username) if user is not None else None
+def load_user(session_id: str) -> SignedIn | None:
+    key = SessionKey.parse(session_id)
+    user = session_user(key) if key is not None else None
+    return SignedIn(user) if user is not None else None
+
+
+@login_required
+def require_role() -> None:
+    """What every page blueprint runs before its views: a signed-in user whose role the view allows."""
+    access.authorize(current_user.role)
+
+
+def forbidden_page(exc: Forbidden) -> ResponseReturnValue:
+    """A page the signed-in user's role may not use (a control they were not offered, or an old link)."""
+    return render_template("errors/403.html", message=exc.message), 403
 
 
 @login_manager.unauthorized_handler
@@ -70,14 +110,16 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+# Sign-in rate limits (per address and per account) attach to this view.
 @bp.route("/login", methods=["GET", "POST"])
+@public
 def login() -> ResponseReturnValue:
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
         user = authenticate_user(form.username.data or "", form.password.data or "")
         if user is not None:
-            login_user(SignedIn(user.id, user.username), remember=bool(form.remember.data))
+            login_user(SignedIn(user), remember=bool(form.remember.data))
             return redirect(_safe_next(request.args.get("next")))
         form.password.errors.append("Unknown username or wrong password.")
         status = 401
@@ -89,6 +131,7 @@ def login() -> ResponseReturnValue:
 
 
 @bp.post("/logout")
+@public
 def logout() -> ResponseReturnValue:
     form = FlaskForm()
     if form.validate_on_submit():

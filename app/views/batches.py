@@ -24,20 +24,22 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_login import current_user, login_required
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
 from app import live, processors
+from app.access import requires
 from app.downloads import attachment
 from app.errors import AppError, InvalidInput
-from app.models import BatchStatus
+from app.models import BatchStatus, Role
 from app.schemas.batches import MoveForm
 from app.schemas.queue import PolicyForm
 from app.services import batches, logs, profiles, queue_manager, screens
 from app.services.queue_tx import FailurePolicy
 from app.services.snapshots import read_snapshot
+from app.views.auth import require_role
 from app.views.batch_form import (
     FormState,
     all_parameter_fields,
@@ -58,9 +60,11 @@ LOG_TAIL = 500
 STATUSES = [status.value for status in BatchStatus]
 
 
+bp.before_request(require_role)
+
+
 @bp.before_request
-@login_required
-def require_sign_in() -> None:
+def read_event_id() -> None:
     # Read the hint counter before the database, so a change landing in between is caught up.
     g.event_id = live.hub().current_event_id()
 
@@ -94,6 +98,7 @@ def _table_context(query: TableQuery) -> dict[str, Any]:
 
 @bp.get("/")
 @bp.get("/batches")
+@requires(Role.VIEWER)
 def index() -> ResponseReturnValue:
     query = read_table_query(request.args)
     context = _table_context(query)
@@ -154,6 +159,7 @@ def _confirm_page(batch_id: int, action: str) -> ResponseReturnValue:
 
 
 @bp.route("/batches/<int:batch_id>/stop", methods=["GET", "POST"])
+@requires(Role.OPERATOR)
 def stop(batch_id: int) -> ResponseReturnValue:
     if request.method == "GET":
         return _confirm_page(batch_id, "stop")
@@ -166,6 +172,7 @@ def stop(batch_id: int) -> ResponseReturnValue:
 
 
 @bp.route("/batches/<int:batch_id>/cancel", methods=["GET", "POST"])
+@requires(Role.OPERATOR)
 def cancel(batch_id: int) -> ResponseReturnValue:
     if request.method == "GET":
         return _confirm_page(batch_id, "cancel")
@@ -178,6 +185,7 @@ def cancel(batch_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/batches/<int:batch_id>/resume")
+@requires(Role.OPERATOR)
 def resume(batch_id: int) -> ResponseReturnValue:
     def run() -> str:
         batch = queue_manager.resume(batch_id, current_user.username)
@@ -189,6 +197,7 @@ def resume(batch_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/batches/<int:batch_id>/retry")
+@requires(Role.OPERATOR)
 def retry(batch_id: int) -> ResponseReturnValue:
     def run() -> str:
         batch = queue_manager.retry(batch_id, current_user.username)
@@ -206,21 +215,25 @@ def _move(batch_id: int, step: int) -> ResponseReturnValue:
 
 
 @bp.post("/batches/<int:batch_id>/move-up")
+@requires(Role.OPERATOR)
 def move_up(batch_id: int) -> ResponseReturnValue:
     return _move(batch_id, -1)
 
 
 @bp.post("/batches/<int:batch_id>/move-down")
+@requires(Role.OPERATOR)
 def move_down(batch_id: int) -> ResponseReturnValue:
     return _move(batch_id, +1)
 
 
 @bp.post("/batches/<int:batch_id>/move-top")
+@requires(Role.OPERATOR)
 def move_top(batch_id: int) -> ResponseReturnValue:
     return _move_to(batch_id, lambda: 1)
 
 
 @bp.post("/batches/<int:batch_id>/move")
+@requires(Role.OPERATOR)
 def move_to(batch_id: int) -> ResponseReturnValue:
     """The "to position" form, also what a drag and drop sends: one move, to where it was dropped."""
 
@@ -244,6 +257,7 @@ def _move_to(batch_id: int, position: Callable[[], int]) -> ResponseReturnValue:
 
 
 @bp.post("/queue/start")
+@requires(Role.OPERATOR)
 def start() -> ResponseReturnValue:
     def run() -> str:
         snapshot = queue_manager.start(current_user.username)
@@ -255,6 +269,7 @@ def start() -> ResponseReturnValue:
 
 
 @bp.post("/queue/drain")
+@requires(Role.OPERATOR)
 def drain() -> ResponseReturnValue:
     def run() -> str:
         snapshot = queue_manager.drain(current_user.username)
@@ -266,6 +281,7 @@ def drain() -> ResponseReturnValue:
 
 
 @bp.post("/queue/policy")
+@requires(Role.ADMIN)
 def policy() -> ResponseReturnValue:
     """The table's failure-policy form: what the queue does after failed batches."""
 
@@ -313,6 +329,7 @@ def _render_new(state: FormState, status: int = 200) -> ResponseReturnValue:
 
 
 @bp.get("/batches/new")
+@requires(Role.OPERATOR)
 def new() -> ResponseReturnValue:
     """The blank creation form, or with ?from=<id> one filled in as that batch was ("run again")."""
     source = request.args.get("from")
@@ -329,6 +346,7 @@ def new() -> ResponseReturnValue:
 
 
 @bp.post("/batches")
+@requires(Role.OPERATOR)
 def create() -> ResponseReturnValue:
     csrf_ok = FlaskForm().validate_on_submit()
     state, data = read_form(request.form)
@@ -392,6 +410,7 @@ def _older_page(batch_id: int, window: logs.Window) -> tuple[list[Any], bool]:
 
 
 @bp.get("/batches/<int:batch_id>")
+@requires(Role.VIEWER)
 def detail(batch_id: int) -> ResponseReturnValue:
     if _is_htmx():
         return _detail_region(batch_id)
@@ -404,12 +423,14 @@ def detail(batch_id: int) -> ResponseReturnValue:
 
 
 @bp.get("/health-banner")
+@requires(Role.VIEWER)
 def health_banner() -> ResponseReturnValue:
     """The banner's live region: what keeps batches from moving, if anything."""
     return render_template("_health_problems.html")
 
 
 @bp.get("/batches/<int:batch_id>/log")
+@requires(Role.VIEWER)
 def log(batch_id: int) -> ResponseReturnValue:
     """Log lines for the page's script: newer ones (?after=, appended live) or an older page (?before=)."""
     level = request.args.get("level") or None
@@ -424,6 +445,7 @@ def log(batch_id: int) -> ResponseReturnValue:
 
 @bp.get("/batches/<int:batch_id>/logs.txt", defaults={"fmt": "txt"})
 @bp.get("/batches/<int:batch_id>/logs.jsonl", defaults={"fmt": "jsonl"})
+@requires(Role.VIEWER)
 def download_log(batch_id: int, fmt: str) -> ResponseReturnValue:
     """The whole log as a file, for the page's download links (the API's, under the browser session)."""
     try:

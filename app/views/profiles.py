@@ -10,17 +10,18 @@ from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import login_required
 from flask_wtf import FlaskForm
 from marshmallow import ValidationError as SchemaError
 from wtforms import StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, ValidationError
 
+from app.access import requires
 from app.errors import Conflict, NotFound
-from app.models import Profile
+from app.models import Profile, Role
 from app.schemas.profiles import Tags
 from app.services import profile_import, profiles
 from app.services.profile_import import TAG_SEPARATORS, ImportErrors, describe
+from app.views.auth import require_role
 
 bp = Blueprint("profiles", __name__)
 
@@ -65,10 +66,7 @@ class ProfileForm(FlaskForm):
         self.tags.data = " ".join(profile.tags)
 
 
-@bp.before_request
-@login_required
-def require_sign_in() -> None:
-    """Every page needs a signed-in user."""
+bp.before_request(require_role)
 
 
 def _render(form: ProfileForm, status: int = 200, import_errors: dict[int, Any] | None = None) -> ResponseReturnValue:
@@ -90,11 +88,13 @@ def _render(form: ProfileForm, status: int = 200, import_errors: dict[int, Any] 
 
 
 @bp.get("/profiles")
+@requires(Role.VIEWER)
 def index() -> ResponseReturnValue:
     return _render(ProfileForm())
 
 
 @bp.post("/profiles")
+@requires(Role.OPERATOR)
 def create() -> ResponseReturnValue:
     form = ProfileForm()
     if not form.validate_on_submit():
@@ -121,6 +121,7 @@ def _gone() -> ResponseReturnValue:
 
 
 @bp.route("/profiles/<int:profile_id>/edit", methods=["GET", "POST"])
+@requires(Role.OPERATOR)
 def edit(profile_id: int) -> ResponseReturnValue:
     profile = _live_profile(profile_id)
     if profile is None:
@@ -141,6 +142,7 @@ def edit(profile_id: int) -> ResponseReturnValue:
 
 
 @bp.route("/profiles/<int:profile_id>/delete", methods=["GET", "POST"])
+@requires(Role.OPERATOR)
 def delete(profile_id: int) -> ResponseReturnValue:
     profile = _live_profile(profile_id)
     if profile is None:
@@ -161,6 +163,7 @@ def delete(profile_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/profiles/import")
+@requires(Role.OPERATOR)
 def import_file() -> ResponseReturnValue:
     form = ProfileForm(formdata=None)
     upload = request.files.get("file")

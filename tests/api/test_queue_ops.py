@@ -155,9 +155,11 @@ def test_the_stop_reason_shows_in_get_queue(api: ApiClient, profile_ids: list[in
     assert api.get("/queue").get_json()["paused_reason"] is None
 
 
-def test_the_failure_policy_reads_from_the_settings_and_changes_at_run_time(api: ApiClient) -> None:
+def test_the_failure_policy_reads_from_the_settings_and_changes_at_run_time(
+    api: ApiClient, admin_api: ApiClient
+) -> None:
     assert api.get("/queue/policy").get_json() == {"on_failure": "continue", "pause_after_failures": 0}
-    response = api.put("/queue/policy", {"on_failure": "pause", "pause_after_failures": 3})
+    response = admin_api.put("/queue/policy", {"on_failure": "pause", "pause_after_failures": 3})
     assert response.status_code == 200
     assert response.get_json() == {"on_failure": "pause", "pause_after_failures": 3}
     assert api.get("/queue/policy").get_json() == {"on_failure": "pause", "pause_after_failures": 3}
@@ -173,14 +175,16 @@ def test_the_failure_policy_reads_from_the_settings_and_changes_at_run_time(api:
     ],
 )
 def test_a_bad_failure_policy_is_422_naming_the_field_and_changes_nothing(
-    api: ApiClient, payload: dict[str, Any], field: str
+    api: ApiClient, admin_api: ApiClient, payload: dict[str, Any], field: str
 ) -> None:
-    assert_error(api.put("/queue/policy", payload), 422, field)
+    assert_error(admin_api.put("/queue/policy", payload), 422, field)
     assert api.get("/queue/policy").get_json() == {"on_failure": "continue", "pause_after_failures": 0}
 
 
-def test_a_policy_pause_says_so_in_get_queue(api: ApiClient, app: Flask, profile_ids: list[int]) -> None:
-    api.put("/queue/policy", {"on_failure": "continue", "pause_after_failures": 1})
+def test_a_policy_pause_says_so_in_get_queue(
+    api: ApiClient, admin_api: ApiClient, app: Flask, profile_ids: list[int]
+) -> None:
+    admin_api.put("/queue/policy", {"on_failure": "continue", "pause_after_failures": 1})
     running, queued = running_and_queued(api, profile_ids, 1)
     _fail(app, running["id"], (0,))
     with app.app_context():
