@@ -107,20 +107,22 @@ def seed_screenshot_rows(db: Any) -> None:
     )
     rows = [
         ("monthly invoices", "failed", None, "sleep", 40, 37, 3, "-50 min", "-48 min", "-41 min"),
+        ("price import", "stopped", None, "http", 30, 12, 0, "-40 min", "-39 min", "-36 min"),
         ("address cleanup", "done", None, "http", 25, 25, 0, "-30 min", "-29 min", "-27 min"),
         ("crm sync", "in_progress", 0, "http", 40, 23, 1, "-6 min", "-5 min", None),
         ("newsletter segment", "queued", 1, "noop", 12, 0, 0, "-4 min", None, None),
         ("quarterly report", "queued", 2, "sleep", 30, 0, 0, "-2 min", None, None),
     ]
+    errors = {"failed": "3 items failed: timed out after 60 s", "stopped": "stopped by alice"}
     for name, status, position, processor, total, ok, bad, created, started, finished in rows:
         rank = position * 65536 if status == "queued" else None
         db.session.execute(
             db.text(
                 "INSERT INTO batches (name, status, queue_rank, processor, parameters, profile_ids, total_items,"
-                " succeeded_items, failed_items, created_at, started_at, finished_at, created_by, run_attempts)"
+                " succeeded_items, failed_items, created_at, started_at, finished_at, created_by, run_attempts, error)"
                 " VALUES (:name, :status, :position, :processor, '{}', ARRAY(SELECT generate_series(1, :total)),"
                 " :total, :ok, :bad, now() + CAST(:created AS interval),"
-                " now() + CAST(:started AS interval), now() + CAST(:finished AS interval), 'alice', 1)"
+                " now() + CAST(:started AS interval), now() + CAST(:finished AS interval), 'alice', 1, :error)"
             ),
             {
                 "name": name,
@@ -133,6 +135,7 @@ def seed_screenshot_rows(db: Any) -> None:
                 "created": created,
                 "started": started,
                 "finished": finished,
+                "error": errors.get(status),
             },
         )
     db.session.commit()
@@ -210,7 +213,7 @@ def measure_live(page: Any, app: Any, samples: int, commits: list[float]) -> lis
                 commits.clear()
                 queue_manager.cancel(pending_id, "bench")
             committed_at = commits[0]
-            page.wait_for_function("window.__seen !== null", timeout=10_000)
+            page.wait_for_function("() => window.__seen !== null", timeout=10_000)
             seen_at = page.evaluate("window.__seen")
             latencies.append(seen_at - committed_at)
             time.sleep(0.15)
@@ -257,7 +260,7 @@ def main() -> None:
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
             page.goto(f"{url}/login")
             page.fill("input[name=username]", USER)
             page.fill("input[name=password]", PASSWORD)
@@ -267,6 +270,14 @@ def main() -> None:
             if args.screenshot:
                 with app.app_context():
                     db.session.execute(db.text("UPDATE queue_state SET paused = false, paused_by = NULL"))
+                    # A worker's record fresh for the picture's few seconds: no worker runs here.
+                    db.session.execute(
+                        db.text(
+                            "INSERT INTO service_processes (name, kind, host, pid, pool, concurrency, queues,"
+                            " started_at, last_seen_at) VALUES ('celery@screenshot', 'worker', 'screenshot', 1,"
+                            " 'prefork', 3, ARRAY['batches', 'control'], now(), now() + interval '1 minute')"
+                        )
+                    )
                     db.session.commit()
                 page.reload()
                 page.wait_for_selector("body[data-live=sse]")
@@ -275,6 +286,7 @@ def main() -> None:
                 print(f"screenshot: {args.screenshot}")
                 with app.app_context():
                     db.session.execute(db.text("UPDATE queue_state SET paused = true, paused_by = 'bench'"))
+                    db.session.execute(db.text("DELETE FROM service_processes WHERE name = 'celery@screenshot'"))
                     db.session.commit()
                 page.reload()
                 page.wait_for_selector("body[data-live=sse]")
