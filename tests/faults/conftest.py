@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -23,6 +24,9 @@ from bench import processes
 from tests.conftest import SESSION_TAG, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Numbers the session's fault workers: every start gets a node name of its own.
+_WORKER_NUMBERS = itertools.count(1)
 
 
 class WorkerProcess:
@@ -79,7 +83,9 @@ class WorkerProcess:
         or overrides variables of its environment.
         """
         self.started += 1
-        name = f"faults{self.started}-{SESSION_TAG}@%h"
+        # A name no earlier worker of the session had: a killed one's record stays fresh for a few
+        # seconds, and would pass for this worker in a test that looks for it by name.
+        name = f"faults{next(_WORKER_NUMBERS)}-{SESSION_TAG}@%h"
         self.process = processes.start_worker(
             {**self.env, **({"RECONCILE_INTERVAL": str(repair_every)} if repair_every else {}), **(env or {})},
             "-P",
