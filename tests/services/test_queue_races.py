@@ -77,7 +77,8 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
     for seconds, delay in runs:
         target = api.batch(profile_ids, "sleep", name=f"target {seconds} {delay}", seconds=seconds)
         behind = api.batch(profile_ids, "noop", name=f"behind {seconds} {delay}")
-        assert target["status"] == "in_progress"
+        # It started at once; a run of a few milliseconds may even have finished before the answer was read.
+        assert target["status"] in ("in_progress", "done"), target["status"]
 
         def stop(index: int) -> int:
             if delay is None:
