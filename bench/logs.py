@@ -61,7 +61,8 @@ def fill(url: str, lines: int) -> tuple[int, int, int]:
     """Two batches of `lines` lines each; return the measured batch, its middle and its last line id."""
     from app import create_app
     from app.extensions import db
-    from app.services.queue_manager import NewBatch, queue_manager
+    from app.services import queue_manager
+    from app.services.queue_manager import NewBatch
 
     app = create_app()
     with app.app_context():
