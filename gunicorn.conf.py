@@ -13,6 +13,9 @@ import os
 import signal
 import threading
 
+from app.config import log_format
+from app.logging_setup import gunicorn_logconfig
+
 bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
@@ -24,6 +27,10 @@ timeout = 60
 graceful_timeout = 10
 control_socket_disable = True
 accesslog = "-"
+# LOG_FORMAT=json: gunicorn's own lines, its access lines and the app's are JSON objects, one a line; the
+# access line's fields include method, path, status, duration_ms and the request id the answer carried.
+if log_format(os.environ) == "json":
+    logconfig_dict = gunicorn_logconfig()
 
 
 def _gevent_patched() -> bool:
@@ -58,3 +65,14 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
     worker.handle_exit = handle_exit
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A web worker is gone: drop its live-gauge files (prometheus_client's multiprocess rule).
+
+    Its counters and histograms stay in METRICS_DIR and go on counting in the
+    host's totals, so they never go backwards when a worker is replaced.
+    """
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any
-
 import click
 from flask.cli import AppGroup
 
-from app.errors import AppError
+from app.cli_support import echo_json, run_service, table, when
 from app.models import Role
 from app.services import accounts
 
@@ -19,35 +14,26 @@ user_cli = AppGroup("user", help="Manage users of the pages.")
 ROLE = click.Choice([role.value for role in Role])
 
 
-def _run(action: Callable[[], Any]) -> Any:
-    """Run a service call, turning its refusal into the command's error (exit 1) with the service's message."""
-    try:
-        return action()
-    except AppError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def _when(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    shown = [[str(row[column] if row[column] is not None else "-") for column in columns] for row in rows]
-    widths = [max(len(column), *(len(line[i]) for line in shown)) for i, column in enumerate(columns)]
-    for line in [columns, *shown]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-
-
 @token_cli.command("create")
 @click.argument("name")
 @click.option("--role", type=ROLE, default=Role.OPERATOR.value, show_default=True)
 @click.option("--expires-in", help="like 90d, 12h, 30m or 45s; without it the token never expires")
 def create_token(name: str, role: str, expires_in: str | None) -> None:
-    """Create an API token; it is printed once, as the last line."""
-    expiry = _run(lambda: accounts.parse_duration(expires_in)) if expires_in else None
-    token = _run(lambda: accounts.create_token(name, Role(role), expiry))
-    click.echo(f"Created token {name!r} ({role}). Store it now; it is not shown again:")
-    click.echo(token)
+    """Create an API token and its webhook secret; both are printed once, the token as the last line."""
+    expiry = run_service(lambda: accounts.parse_duration(expires_in)) if expires_in else None
+    issued = run_service(lambda: accounts.issue_token(name, Role(role), expiry))
+    click.echo(f"Created token {name!r} ({role}). Store both now; neither is shown again.")
+    click.echo(f"webhook secret: {issued.webhook_secret}")
+    click.echo(issued.token)
+
+
+@token_cli.command("rotate-secret")
+@click.argument("name")
+def rotate_secret(name: str) -> None:
+    """Give a token a new webhook signing secret, printed once; the old one signs nothing from now on."""
+    secret = run_service(lambda: accounts.rotate_webhook_secret(name))
+    click.echo(f"New webhook secret for token {name!r}; store it now, it is not shown again:")
+    click.echo(f"webhook secret: {secret}")
 
 
 @token_cli.command("list")
@@ -58,24 +44,24 @@ def list_tokens(as_json: bool) -> None:
         {
             "name": token.name,
             "role": token.role,
-            "created": _when(token.created_at),
-            "last_used": _when(token.last_used_at),
-            "expires": _when(token.expires_at),
+            "created": when(token.created_at),
+            "last_used": when(token.last_used_at),
+            "expires": when(token.expires_at),
             "state": accounts.token_state(token),
         }
         for token in accounts.list_tokens()
     ]
     if as_json:
-        click.echo(json.dumps(rows))
+        echo_json(rows)
     else:
-        _table(rows, ["name", "role", "created", "last_used", "expires", "state"])
+        table(rows, ["name", "role", "created", "last_used", "expires", "state"])
 
 
 @token_cli.command("revoke")
 @click.argument("name")
 def revoke_token(name: str) -> None:
     """Revoke a token: every web process refuses it from its next request."""
-    count = _run(lambda: accounts.revoke_token(name))
+    count = run_service(lambda: accounts.revoke_token(name))
     click.echo(f"Revoked token {name!r}" + (f" ({count} tokens had that name)." if count > 1 else "."))
 
 
@@ -85,7 +71,7 @@ def revoke_token(name: str) -> None:
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 def create_user(name: str, role: str, password: str) -> None:
     """Create a user who can sign in to the pages."""
-    _run(lambda: accounts.create_user(name, password, Role(role)))
+    run_service(lambda: accounts.create_user(name, password, Role(role)))
     click.echo(f"Created user {name!r} ({role}).")
 
 
@@ -97,22 +83,22 @@ def list_users(as_json: bool) -> None:
         {
             "name": user.username,
             "role": user.role,
-            "created": _when(user.created_at),
+            "created": when(user.created_at),
             "state": "disabled" if user.disabled_at is not None else "active",
         }
         for user in accounts.list_users()
     ]
     if as_json:
-        click.echo(json.dumps(rows))
+        echo_json(rows)
     else:
-        _table(rows, ["name", "role", "created", "state"])
+        table(rows, ["name", "role", "created", "state"])
 
 
 @user_cli.command("disable")
 @click.argument("name")
 def disable_user(name: str) -> None:
     """Disable a user: they can't sign in, and their sessions end at once."""
-    _run(lambda: accounts.disable_user(name))
+    run_service(lambda: accounts.disable_user(name))
     click.echo(f"Disabled user {name!r}; their sessions have ended.")
 
 
@@ -120,7 +106,7 @@ def disable_user(name: str) -> None:
 @click.argument("name")
 def enable_user(name: str) -> None:
     """Let a disabled user sign in again."""
-    _run(lambda: accounts.enable_user(name))
+    run_service(lambda: accounts.enable_user(name))
     click.echo(f"Enabled user {name!r}.")
 
 
@@ -129,7 +115,7 @@ def enable_user(name: str) -> None:
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 def set_password(name: str, password: str) -> None:
     """Give a user a new password (asked for when not given); their other sessions end."""
-    _run(lambda: accounts.set_password(name, password))
+    run_service(lambda: accounts.set_password(name, password))
     click.echo(f"New password set for {name!r}; their sessions have ended.")
 
 
@@ -138,5 +124,5 @@ def set_password(name: str, password: str) -> None:
 @click.argument("role", type=ROLE)
 def set_role(name: str, role: str) -> None:
     """Change a user's role."""
-    _run(lambda: accounts.set_role(name, Role(role)))
+    run_service(lambda: accounts.set_role(name, Role(role)))
     click.echo(f"{name!r} is now {role}.")

@@ -9,8 +9,11 @@ among them).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,15 @@ def _choice(name: str, raw: str | None, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+# How every process writes its log lines (LOG_FORMAT): as today, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(env: dict[str, str] | os._Environ[str]) -> str:
+    """LOG_FORMAT, checked: gunicorn.conf.py reads it too, before any app exists."""
+    return _choice("LOG_FORMAT", env.get("LOG_FORMAT"), LOG_FORMATS)
 
 
 def _count(name: str, raw: str | None) -> int:
@@ -107,6 +119,41 @@ def var_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
     return Path(env.get("BATCHQ_VAR_DIR") or PROJECT_ROOT / "var")
 
 
+def metrics_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
+    """Where every process of this host keeps its Prometheus values (METRICS_DIR).
+
+    The default needs no ./var/: a directory of this user and this checkout under
+    the system's temporary directory, so the web, the worker and beat of one
+    checkout share it, and two checkouts (or users) on one machine do not.
+    """
+    env = os.environ if environ is None else environ
+    given = env.get("METRICS_DIR")
+    if given:
+        return Path(given)
+    checkout = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"batchq-metrics-{os.getuid()}-{checkout}"
+
+
+def _networks(name: str, raw: str | None, default: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDRs (unset: the default); a bad one names its variable."""
+    values = _split_list(default if raw is None else raw)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name} must list IP addresses or CIDRs, not {value!r}") from None
+    return values
+
+
+def _port(name: str, raw: str | None) -> int | None:
+    """A TCP port (unset: None); a bad one names its variable."""
+    if not raw:
+        return None
+    if not raw.strip().isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name} must be a port number from 1 to 65535, not {raw!r}")
+    return int(raw)
+
+
 def _embedded_urls(vdir: Path) -> tuple[str | None, str | None]:
     """Ask the embedded servers started by `make run` where they listen, if they run."""
     try:
@@ -146,6 +193,24 @@ class Settings:
     trusted_proxies: int = 0
     rate_limit_api: str = "600/minute"
     rate_limit_login: str = "10/minute"
+    # Hosts completion webhooks may call, under the http processor's rules (app/services/outbound.py).
+    callback_allowed_hosts: tuple[str, ...] = ()
+    # Seconds one webhook POST may take, connect to last byte.
+    callback_timeout: float = 10.0
+    # Retries of a webhook wait base, 2 x base, 4 x base ... seconds (jittered), at most `cap`, for `retry_for`
+    # seconds after the first attempt. Not read from the environment: the contract fixes the 24 hours, and
+    # the tests shorten the rest to see a failed delivery retried within seconds.
+    callback_retry_base: float = 10.0
+    callback_retry_cap: float = 3600.0
+    callback_retry_for: float = 86400.0
+    log_format: str = "text"
+    # Addresses (or CIDRs) that may read /metrics without a token.
+    metrics_allowed_hosts: tuple[str, ...] = ("127.0.0.1",)
+    # A worker's own /metrics port (its host's values without the database's gauges); None: not served.
+    worker_metrics_port: int | None = None
+    # Finished batches older than this many days are deleted by the repair rounds (app/services/retention.py);
+    # 0: never (only `flask batches purge` deletes them).
+    retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -180,4 +245,10 @@ class Settings:
             trusted_proxies=_count("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES")),
             rate_limit_api=_rate_limit("RATE_LIMIT_API", env.get("RATE_LIMIT_API"), "600/minute"),
             rate_limit_login=_rate_limit("RATE_LIMIT_LOGIN", env.get("RATE_LIMIT_LOGIN"), "10/minute"),
+            callback_allowed_hosts=_split_list(env.get("CALLBACK_ALLOWED_HOSTS")),
+            callback_timeout=_positive(env, "CALLBACK_TIMEOUT", 10.0, float),
+            log_format=log_format(env),
+            metrics_allowed_hosts=_networks("METRICS_ALLOWED_HOSTS", env.get("METRICS_ALLOWED_HOSTS"), "127.0.0.1"),
+            worker_metrics_port=_port("WORKER_METRICS_PORT", env.get("WORKER_METRICS_PORT")),
+            retention_days=_count("RETENTION_DAYS", env.get("RETENTION_DAYS")),
         )

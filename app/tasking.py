@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import before_task_publish
 from flask import Flask
 
+from app import logging_setup
 from app.redis_transport import transport_for
+from app.services.dispatch import RUN_BATCH_TASK
+
+# The message header that carries the request id from the sender to the task (workers/task_logs.py reads it).
+REQUEST_ID_HEADER = "batchq_request_id"
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -31,3 +37,31 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+@before_task_publish.connect
+def carry_request_id(
+    sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Put the sender's request id on every task message, in one place, so that one grep follows the work.
+
+    From a request: on everything it sends. From a task: on its own follow-ups
+    (a run's promotion, a recovery's new dispatch of the same batch), but not on
+    another batch's run that a promotion starts: that run is not the request's
+    work, and the id would otherwise ride down the whole queue. Costs a dict
+    write, no round trip.
+    """
+    context = logging_setup.current()
+    if context.request_id is None or headers is None:
+        return
+    if context.task_id is not None and sender == RUN_BATCH_TASK and _batch_of(body) != context.batch_id:
+        return
+    headers[REQUEST_ID_HEADER] = context.request_id
+
+
+def _batch_of(body: Any) -> Any:
+    # Protocol 2 bodies are (args, kwargs, embed); a run's first argument is its batch's id.
+    try:
+        return body[0][0]
+    except (IndexError, KeyError, TypeError):
+        return None

@@ -32,3 +32,8 @@ def chain_next_ping(sender=None, result=None, **_: object) -> None:  # type: ign
 def _recorder() -> redis.Redis:
     """One connection per process for the marks, so recording them costs the chain nothing."""
     return redis.Redis.from_url(current_app.conf.broker_url)
+
+
+@shared_task(name="bench.noop", ignore_result=True)
+def noop() -> None:
+    """The items benchmark's baseline: one no-op task per item, as a plain Celery user would send them."""

@@ -55,6 +55,7 @@ from flask import Flask
 
 from bench.control import wait_for
 from bench.handoff import running_worker
+from bench.results import record
 from bench.setup import bench_environment, insert_profiles, percentile
 
 BENCH_DB = "batchq_bench_estimates"
@@ -271,6 +272,17 @@ def print_report(
         results,
     )
     line("hindsight: its method, the mixed run's own rates", [method(mixed_rates, r) for r in results], results)
+    if estimated:
+        error = statistics.median(abs(r.estimate - r.started) for r in estimated)
+        naive = statistics.median(abs(read_at + r.position * mean_batch - r.started) for r in results)
+        record(
+            "estimates",
+            "estimated_start_at |error|, p50",
+            error,
+            "s",
+            baseline=naive,
+            baseline_measure="batches ahead x mean batch",
+        )
     print("  (bias: median of estimate - started_at, negative = too early)")
     if estimated:
         drift = max(abs(r.estimate - method(warm_rates, r)) for r in estimated) * 1000

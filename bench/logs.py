@@ -20,7 +20,8 @@ from typing import Any
 
 import psycopg
 
-from bench.setup import bench_environment, insert_profiles, percentile
+from bench.results import record
+from bench.setup import bench_environment, insert_profiles, percentile, timed
 
 BENCH_DB = "batchq_bench_logs"
 BENCH_REDIS_DB = 10
@@ -41,16 +42,6 @@ PAGE_AT_LEVEL = (
     "SELECT id, at, level, message FROM batch_logs WHERE batch_id = %s AND id < %s AND level = ANY(%s)"
     " ORDER BY id DESC LIMIT %s"
 )
-
-
-def timed(run: Callable[[], Any], samples: int) -> list[float]:
-    run()  # warm caches and the connection
-    times = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return times
 
 
 def line(label: str, times: list[float]) -> None:
@@ -129,7 +120,16 @@ def main() -> None:
         line("baseline: bare count of the lines before the end", timed(bare(count, batch_id, last + 1), args.samples))
         line("baseline: bare SELECT of the newest page", timed(bare(PAGE, batch_id, end, PER_PAGE), args.samples))
         line("API ?before=<past the end> (the newest page)", timed(api(f"before={end}"), args.samples))
-        line("API ?before=<middle line>", timed(api(f"before={middle}"), args.samples))
+        middle_page = timed(api(f"before={middle}"), args.samples)
+        line("API ?before=<middle line>", middle_page)
+        record(
+            "logs",
+            f"a page of the log from its middle, {args.lines:,} lines, p50",
+            percentile(middle_page, 0.5),
+            "ms",
+            baseline=percentile(timed(get_batch, args.samples), 0.5),
+            baseline_measure="GET /batches/<id>",
+        )
         line("API ?after=<middle line>", timed(api(f"after={middle}"), args.samples))
         line("API ?after=<last line - 20> (following the tail)", timed(api(f"after={last - 20}"), args.samples))
         line(

@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 from flask import Flask, render_template_string
 
+from bench.results import record
 from bench.setup import bench_environment, percentile
 
 BENCH_DB = "batchq_bench_profiles"
@@ -130,6 +131,14 @@ def main() -> None:
     print(row("GET /profiles (100 a page, tag counts)", list_times, list_size))
     for label, (ms, body) in zip(("into an empty table", "again: all updates"), imports, strict=True):
         print(f"POST /api/v1/profiles/import, {len(content) / 1024:.0f} KiB CSV, {label}: {ms:.0f} ms -> {body}")
+    record(
+        "profiles_form",
+        f"GET /batches/new, {args.profiles:,} profiles, p50",
+        percentile(form_times, 0.5),
+        "ms",
+        baseline=percentile(bare_times, 0.5),
+        baseline_measure="bare Flask page of the same rows",
+    )
 
 
 if __name__ == "__main__":

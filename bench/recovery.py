@@ -1,8 +1,8 @@
 """Recovery benchmark: from a worker's death to its batch running again, and a soak of kills that must lose nothing.
 
 Not a test: it prints figures and never fails on them. It exits 1 only if a
-correctness check fails (a batch that did not end `done`, or two batches or
-items that ran at the same time), or if it crashed.
+correctness check fails (a batch that did not end `done`, two batches or
+items that ran at the same time, an item that ran again after it had ended), or if it crashed.
 
 Both parts run a real prefork worker and celery beat, started as the Procfile
 starts them (`REMAP_SIGTERM=SIGQUIT celery -A workers.celery_app worker
@@ -59,7 +59,9 @@ The worker's and beat's logs are kept in a temporary directory named at the end.
    only in batches whose run was lost), and checks that nothing overlapped:
    every batch, in started_at order, started at or after the previous one's
    finished_at, and likewise every item (so at most one batch, and one item, was
-   ever in progress). The overlap checks cover every batch of the run, part 1's too.
+   ever in progress), and that no item's end was written twice (none ran again
+   after it had succeeded or failed). The overlap checks cover every batch of the
+   run, part 1's too; the queries are bench.invariants', shared with bench.several_hosts.
 
     .venv/bin/python -m bench.recovery [--rounds 5] [--heartbeat-timeout 10] [--reconcile-interval 5]
         [--soak-batches 1000] [--kill-every 100] [--soak-heartbeat-timeout 3] [--soak-reconcile-interval 1]
@@ -89,6 +91,8 @@ from typing import Any, NoReturn
 
 from bench import processes
 from bench.handoff import wait_for_worker
+from bench.invariants import batch_overlaps, fetch, item_overlaps, items_ended_twice, items_rerun, scalar
+from bench.results import record
 from bench.setup import bench_environment, insert_profiles, percentile
 
 BENCH_DB = "batchq_bench_recovery"
@@ -176,20 +180,6 @@ class Services:
 
 
 # --- database reads ------------------------------------------------------------
-
-
-def fetch(statement: str, **params: Any) -> list[Any]:
-    """Rows of one query, in a fresh transaction."""
-    from app.extensions import db
-
-    rows = db.session.execute(db.text(statement), params).all()
-    db.session.rollback()
-    return rows
-
-
-def scalar(statement: str, **params: Any) -> Any:
-    rows = fetch(statement, **params)
-    return rows[0][0] if rows else None
 
 
 def wait_for(what: str, probe: Callable[[], Any], limit: float, services: Services | None = None) -> Any:
@@ -453,6 +443,7 @@ class Checks:
     batches_rerun: int
     items_rerun: int
     items_rerun_unrecovered: list[Any]
+    ended_twice: list[Any]
     batch_overlaps: list[Any]
     item_overlaps: list[Any]
     part1_not_done: list[Any]
@@ -461,7 +452,7 @@ class Checks:
     @property
     def failed(self) -> bool:
         not_done = sum(count for status, count in self.statuses.items() if status != "done")
-        return bool(not_done or self.batch_overlaps or self.item_overlaps or self.part1_not_done)
+        return bool(not_done or self.batch_overlaps or self.item_overlaps or self.ended_twice or self.part1_not_done)
 
 
 def check(kills: list[float]) -> Checks:
@@ -475,27 +466,7 @@ def check(kills: list[float]) -> Checks:
             )
         )
     )
-    rerun = fetch(
-        "SELECT i.batch_id, i.id, i.attempts,"
-        " EXISTS (SELECT 1 FROM batch_logs l WHERE l.batch_id = i.batch_id AND l.message LIKE 'run lost%') AS recovered"
-        f" FROM batch_items i JOIN batches b ON b.id = i.batch_id WHERE b.{soak} AND i.attempts > 1"
-    )
-    # Batches in started_at order: each starts at or after the previous one's end (an unended one overlaps).
-    batch_overlaps = fetch(
-        "SELECT id, started_at, prev_id, prev_finished FROM ("
-        " SELECT id, started_at, lag(id) OVER w AS prev_id, lag(finished_at) OVER w AS prev_finished"
-        " FROM batches WHERE started_at IS NOT NULL WINDOW w AS (ORDER BY started_at, id)) s"
-        " WHERE prev_id IS NOT NULL AND (prev_finished IS NULL OR started_at < prev_finished)"
-    )
-    # Items the same way, against every item started before them (an interrupted attempt leaves no timestamps).
-    item_overlaps = fetch(
-        "SELECT batch_id, id, started_at, prev_end, prev_open FROM ("
-        " SELECT batch_id, id, started_at, max(finished_at) OVER w AS prev_end,"
-        " count(*) FILTER (WHERE finished_at IS NULL) OVER w AS prev_open"
-        " FROM batch_items WHERE started_at IS NOT NULL"
-        " WINDOW w AS (ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) s"
-        " WHERE started_at < prev_end OR prev_open > 0"
-    )
+    rerun = items_rerun(f"b.{soak}")
     part1_not_done = fetch(f"SELECT id, name, status FROM batches WHERE NOT {soak} AND status <> 'done'")
     resumed = []
     for killed_at in kills:
@@ -510,8 +481,9 @@ def check(kills: list[float]) -> Checks:
         batches_rerun=len({row.batch_id for row in rerun}),
         items_rerun=len(rerun),
         items_rerun_unrecovered=[row for row in rerun if not row.recovered],
-        batch_overlaps=batch_overlaps,
-        item_overlaps=item_overlaps,
+        ended_twice=items_ended_twice(),
+        batch_overlaps=batch_overlaps(),
+        item_overlaps=item_overlaps(),
         part1_not_done=part1_not_done,
         resumed_after_kill=resumed,
     )
@@ -614,6 +586,15 @@ def print_soak(soak: Soak, checks: Checks, kill_every: int, heartbeat_timeout: f
     unfinished = sum(checks.statuses.get(status, 0) for status in ("queued", "in_progress", "stopping"))
     print(f"  batches by status: {statuses}")
     print(f"  not done: {not_done} (still queued / in progress / stopping: {unfinished})")
+    record(
+        "recovery",
+        f"soak, {soak.batches} batches, a worker kill every {kill_every}: not done",
+        not_done,
+        "batches",
+        target="0",
+        met=not_done == 0,
+    )
+    record("recovery", "soak: elapsed", soak.elapsed, "s")
     print(
         f"  worker kills: {len(soak.kills)} ({soak.kills_while_running} while a batch was in progress,"
         f" {soak.kills_mid_item} of them while an item was running)"
@@ -632,6 +613,9 @@ def print_soak(soak: Soak, checks: Checks, kill_every: int, heartbeat_timeout: f
     )
     for row in checks.items_rerun_unrecovered[:10]:
         print(f"    batch {row.batch_id} item {row.id}: {row.attempts} attempts, no 'run lost' line")
+    print(f"  items whose end was written twice (ran again after succeeding or failing): {len(checks.ended_twice)}")
+    for row in checks.ended_twice[:10]:
+        print(f"    batch {row.batch_id} item {row.position}: {row.messages}")
     print(
         f"  overlaps (every batch of the run, part 1's too, by started_at): batches {len(checks.batch_overlaps)},"
         f" items {len(checks.item_overlaps)}"

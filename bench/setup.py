@@ -10,13 +10,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(run: Callable[[], Any], samples: int) -> list[float]:
+    """Milliseconds of each of `samples` calls, after one call that warms caches and the connection."""
+    run()
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -1,10 +1,14 @@
 """batches.run: execute the running batch."""
 
+import logging
+
 from celery import shared_task
 from flask import current_app
 
 from app.services import liveness
 from app.services.runs import run_batch
+
+log = logging.getLogger(__name__)
 
 
 # acks_late (from celeryconfig): a vanished worker's message is delivered again,
@@ -17,9 +21,12 @@ from app.services.runs import run_batch
 @shared_task(name="batches.run", bind=True, max_retries=0)
 def run(self, batch_id: int, token: str) -> str:  # type: ignore[no-untyped-def]
     """Run a batch's pending items if this dispatch still owns it."""
-    return run_batch(
+    outcome = run_batch(
         batch_id,
         token,
         heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"],
         worker_name=liveness.this_worker or self.request.hostname,
     )
+    # With the request id of the request that started it (the log context, workers/task_logs.py).
+    log.info("batch %s: run %s", batch_id, outcome.value)
+    return outcome

@@ -1,11 +1,15 @@
 """queue.promote_next, queue.recover_run and queue.reconcile: keep the queue moving."""
 
+import logging
+
 from celery import shared_task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from app.services import queue_manager
-from app.services.queue_manager import LeaseStillHeld
+from app.services import queue_manager, queue_repairs
+from app.services.queue_repairs import LeaseStillHeld
+
+log = logging.getLogger(__name__)
 
 # While PostgreSQL is unreachable these tasks are retried with a growing delay
 # (1, 2, 4 ... 30 s), so a promotion is not lost to a database restart.
@@ -22,7 +26,10 @@ _RETRY_WHILE_DATABASE_DOWN = {
 @shared_task(name="queue.promote_next", soft_time_limit=30, time_limit=60, **_RETRY_WHILE_DATABASE_DOWN)
 def promote_next() -> int | None:
     """Start the head of the queue if the running slot is free."""
-    return queue_manager.promote_next_batch()
+    promoted = queue_manager.promote_next_batch()
+    if promoted is not None:
+        log.info("queue: promoted batch %s", promoted)
+    return promoted
 
 
 # A dead process's lease is freed by PostgreSQL a moment after the process dies:
@@ -37,7 +44,7 @@ LEASE_RETRY_SECONDS = 0.25
 def recover_run(self, batch_id: int, token: str) -> int | None:  # type: ignore[no-untyped-def]
     """Dispatch a dead run's batch again (or end it), then promote the head if the slot is free."""
     try:
-        return queue_manager.recover_dead_run(
+        return queue_repairs.recover_dead_run(
             batch_id, token, max_attempts=current_app.config["BATCH_MAX_RUN_ATTEMPTS"]
         )
     except LeaseStillHeld as exc:
@@ -51,7 +58,7 @@ def recover_run(self, batch_id: int, token: str) -> int | None:  # type: ignore[
 @shared_task(name="queue.reconcile", soft_time_limit=30, time_limit=60)
 def reconcile() -> int | None:
     """Run one repair round now: recover a lost run and promote the head if the slot is free."""
-    return queue_manager.recover_lost_run(
+    return queue_repairs.recover_lost_run(
         heartbeat_timeout=current_app.config["BATCH_HEARTBEAT_TIMEOUT"],
         stop_grace=current_app.config["STOP_GRACE_SECONDS"],
         max_attempts=current_app.config["BATCH_MAX_RUN_ATTEMPTS"],

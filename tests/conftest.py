@@ -4,6 +4,7 @@ With TEST_DATABASE_URL / TEST_REDIS_URL unset, embedded servers are started
 under a temporary directory (the fresh-machine path). Each test session gets a
 database of its own on that server, migrated with the project's migrations,
 and a Redis key and channel prefix of its own, so parallel runs don't meet.
+TEST_BROKER_URL=amqp://... makes RabbitMQ the Celery broker (tests/brokers.py).
 """
 
 from __future__ import annotations
@@ -31,13 +32,29 @@ from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings, normalize_database_url
+from app.embedded import redis_server
 from app.errors import Conflict
 from app.extensions import db
 from app.models import Role
 from app.processors import ItemFailed, ProfileData, RunContext, registry
 from app.services import accounts
+from bench.invariants import queue_violations
+from tests.brokers import amqp_session, session_broker
 
 SESSION_TAG = f"t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip the tests that need Redis as the broker (they stop and start it) when it is RabbitMQ."""
+    if not amqp_session():
+        return
+    for item in items:
+        marker = item.get_closest_marker("redis_broker")
+        if marker is not None:
+            reason = f"needs Redis as the Celery broker: {marker.kwargs.get('reason', 'see the test')}"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 # The hosts the session lets the http processor call.
 HTTP_ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 TABLES = "batch_logs, batch_items, batches, profiles, api_tokens, users"
@@ -89,17 +106,41 @@ def servers() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def settings(servers: tuple[str, str]) -> Settings:
+def broker_url(servers: tuple[str, str]) -> Iterator[str]:
+    """The session's Celery broker: Redis, or a virtual host of its own on TEST_BROKER_URL's RabbitMQ."""
+    with session_broker(servers[1], SESSION_TAG) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(servers: tuple[str, str], broker_url: str) -> Settings:
     database_url, redis_url = servers
     return Settings(
         database_url=normalize_database_url(database_url),
         redis_url=redis_url,
-        broker_url=redis_url,
+        broker_url=broker_url,
         secret_key="test-secret",
         events_channel=f"batchq-{SESSION_TAG}:events",
         http_allowed_hosts=HTTP_ALLOWED_HOSTS,
         heartbeat_timeout=30.0,
     )
+
+
+@pytest.fixture(autouse=True)
+def _session_celery_stays_the_default(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test that left another Celery app as the process default.
+
+    create_app makes its own Celery app the default, and shared tasks follow the
+    default: the session's worker then ran tasks in that other app's context (its
+    settings, not the ones a test had patched), and tests far down the suite failed.
+    Build extra apps with `another_app`, which gives the default back.
+    """
+    yield
+    if "app" in request.fixturenames:
+        from celery import _state  # the default that threads without a current app of their own (the worker's) use
+
+        session_celery = request.getfixturevalue("app").extensions["celery"]
+        assert _state.default_app is session_celery, "another app's Celery is the default now"
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +183,8 @@ def celery_worker(app: Flask) -> Iterator[Any]:
 
     import tasks.batches
     import tasks.queue  # noqa: F401  (registers queue.*)
-    import workers.signals  # noqa: F401  (the promotion chain)
+    import workers.signals  # (the promotion chain)
+    import workers.task_logs  # noqa: F401  (each task's log context)
     from app.services.liveness import ProcessRecord
     from workers.liveness import ProcessLife
 
@@ -567,35 +609,6 @@ def insert_profiles(count: int, prefix: str = "p") -> list[int]:
     return list(ids)
 
 
-def queue_violations() -> list[str]:
-    """Check the contract's queue rules against the database; return what is wrong.
-
-    Reads the stored ranks and the positions the service derives from them, one
-    batch at a time (the per-row count), in one snapshot.
-    """
-    from app.models import Batch
-
-    db.session.rollback()
-    db.session.execute(db.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    rows = db.session.execute(db.text("SELECT id, status, queue_rank FROM batches ORDER BY id")).all()
-    positions = dict(db.session.execute(db.select(Batch.id, Batch.queue_position)).all())
-    db.session.rollback()
-    problems = []
-    running = [r for r in rows if r.status in ("in_progress", "stopping")]
-    if len(running) > 1:
-        problems.append(f"{len(running)} running batches: {[r.id for r in running]}")
-    problems += [f"running batch {r.id} at {positions[r.id]}" for r in running if positions[r.id] != 0]
-    queued = sorted((r for r in rows if r.status == "queued"), key=lambda r: r.queue_rank)
-    if [positions[r.id] for r in queued] != list(range(1, len(queued) + 1)):
-        problems.append(f"queued positions in rank order are {[positions[r.id] for r in queued]}")
-    problems += [
-        f"batch {r.id} ({r.status}) at {positions[r.id]} with rank {r.queue_rank}"
-        for r in rows
-        if r.status not in ("queued", "in_progress", "stopping") and (positions[r.id], r.queue_rank) != (None, None)
-    ]
-    return problems
-
-
 @pytest.fixture
 def another_app(app: Flask, settings: Settings) -> Iterator[Callable[..., Flask]]:
     """Build more apps on the session's servers, with settings changed (`another_app(rate_limit_api=...)`).
@@ -619,3 +632,34 @@ def another_app(app: Flask, settings: Settings) -> Iterator[Callable[..., Flask]
     for extra in made:
         with extra.app_context():
             db.engine.dispose()
+
+
+class RedisServer:
+    """A redis-server of the test's own (the embedded one, on a free port), to stop and start again."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.var_dir = var_dir
+        redis_server.ensure_started(var_dir)
+        found = redis_server.running(var_dir)
+        assert found is not None
+        self.url = redis_server.redis_url(found[1], redis_server.password(var_dir))
+
+    def stop(self) -> None:
+        redis_server.stop(self.var_dir)  # SIGTERM: it writes its append-only file and exits, like SHUTDOWN
+
+    def start(self) -> None:
+        redis_server.ensure_started(self.var_dir)  # same port, same data
+        found = redis_server.running(self.var_dir)
+        assert found is not None
+        assert self.url == redis_server.redis_url(found[1], redis_server.password(self.var_dir))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own: processes started as a deployment starts them use unprefixed queues,
+    which on the session's Redis would meet another session's (or another test's leftover) messages."""
+    server = RedisServer(tmp_path / "own-redis")
+    try:
+        yield server
+    finally:
+        redis_server.stop(server.var_dir)

@@ -93,3 +93,21 @@ def test_hardening_settings_default_to_the_documented_values() -> None:
 def test_a_bad_hardening_setting_is_refused_naming_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({**BASE, name: value})
+
+
+def test_log_format_is_text_unless_json_is_asked_for_and_refuses_anything_else() -> None:
+    assert Settings.from_env(BASE).log_format == "text"
+    assert Settings.from_env({**BASE, "LOG_FORMAT": "json"}).log_format == "json"
+    assert Settings.from_env({**BASE, "LOG_FORMAT": " JSON "}).log_format == "json"
+    with pytest.raises(ConfigError, match=r"LOG_FORMAT must be one of text, json, not 'logfmt'"):
+        Settings.from_env({**BASE, "LOG_FORMAT": "logfmt"})
+
+
+def test_retention_days_defaults_to_off_and_refuses_a_bad_value() -> None:
+    base = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x", "SECRET_KEY": "k"}
+    assert Settings.from_env(base).retention_days == 0
+    assert Settings.from_env(base | {"RETENTION_DAYS": ""}).retention_days == 0
+    assert Settings.from_env(base | {"RETENTION_DAYS": "90"}).retention_days == 90
+    for bad in ("-1", "90d", "1.5"):
+        with pytest.raises(ConfigError, match="RETENTION_DAYS"):
+            Settings.from_env(base | {"RETENTION_DAYS": bad})

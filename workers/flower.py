@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 
 def refusal(env: Mapping[str, str]) -> str | None:
@@ -36,6 +37,19 @@ def refusal(env: Mapping[str, str]) -> str | None:
     )
 
 
+def flower_metrics_dir() -> Path:
+    """Flower's own Prometheus values: beside the host's, not among them.
+
+    Flower has metrics of its own (flower_*), and it loads the project's app,
+    which turns prometheus_client's multiprocess mode on (app/metrics): in the
+    host's METRICS_DIR its gauges would show on the service's /metrics. A
+    subdirectory is not read there (only the directory's own files are).
+    """
+    from app.config import metrics_dir
+
+    return metrics_dir() / "flower"
+
+
 def command(options: list[str]) -> list[str]:
     """The Flower command line, on the project's Celery app."""
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", *options]
@@ -47,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flower: {problem}", file=sys.stderr)
         return 2
     argv = command(sys.argv[1:] if argv is None else argv)
+    os.environ["METRICS_DIR"] = str(flower_metrics_dir())
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - execv does not return
 

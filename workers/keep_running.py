@@ -13,11 +13,15 @@ the command: a stop is never answered by a restart.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from types import FrameType
+
+from app.logging_setup import json_line
 
 # A pause before each restart, so a command that fails at once does not spin.
 RESTART_DELAY_SECONDS = 10.0
@@ -46,7 +50,7 @@ class KeepRunning:
             if self.stopping:
                 return code
             again = f"starting it again in {RESTART_DELAY_SECONDS:g} s"
-            print(f"keep_running: {self.command[0]} ended ({_how(code)}); {again}", file=sys.stderr, flush=True)
+            _report(f"keep_running: {self.command[0]} ended ({_how(code)}); {again}")
             deadline = time.monotonic() + RESTART_DELAY_SECONDS
             while not self.stopping and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -80,6 +84,15 @@ class KeepRunning:
         self.stop_signal = signum
         if self.stopped_at is None:
             self.stopped_at = time.monotonic()
+
+
+def _report(message: str) -> None:
+    # Beside the worker's own lines: JSON with them under LOG_FORMAT=json (a bad value: the worker refuses it).
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        sys.stderr.write(json_line(__name__, logging.WARNING, message))
+        sys.stderr.flush()
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _how(code: int) -> str:

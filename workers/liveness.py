@@ -1,6 +1,7 @@
 """Every worker and beat says it is alive, and runs the queue's repair rounds, on timers of its own.
 
-Two daemon threads per process, started once the process is ready:
+Two daemon threads per process, started once the process is ready (and a third beside them, the
+completion-webhook sender of workers/callbacks.py):
 
 - the heartbeat writes the process's record (app/services/liveness.py) every
   HEARTBEAT_SECONDS on a connection of its own, so that the health check and
@@ -9,7 +10,10 @@ Two daemon threads per process, started once the process is ready:
   Every worker and every beat runs it, so no single process is needed for the
   queue to repair itself; a round that another process ran within the period
   is skipped, and the queue lock keeps two rounds from overlapping. Being a
-  timer, not a task, it stays out of Flower's task list.
+  timer, not a task, it stays out of Flower's task list. With RETENTION_DAYS
+  set, the same timer purges old finished batches, at most once an hour
+  (app/services/retention.py: `Schedule`), after the round and outside its
+  transaction: the purge never holds the queue lock.
 
 A graceful stop deletes the record; a killed process's record ages out.
 """
@@ -30,8 +34,9 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.models.processes import BEAT, WORKER
-from app.services import liveness, queue_manager
+from app.services import liveness, queue_repairs, retention
 from app.services.liveness import ProcessRecord
+from workers.callbacks import CallbackSender
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class ProcessLife:
         self._threads: list[threading.Thread] = []
         self._connection: Connection | None = None
         self._pid = os.getpid()
+        self._retention = retention.Schedule(int(flask_app.config.get("RETENTION_DAYS") or 0))
 
     def start(self) -> ProcessLife:
         """Record the process now, then keep recording it and repairing the queue in the background."""
@@ -95,7 +101,7 @@ class ProcessLife:
         config = self.flask_app.config
         try:
             with self.flask_app.app_context():
-                queue_manager.recover_lost_run(
+                queue_repairs.recover_lost_run(
                     heartbeat_timeout=config["BATCH_HEARTBEAT_TIMEOUT"],
                     stop_grace=config["STOP_GRACE_SECONDS"],
                     max_attempts=config["BATCH_MAX_RUN_ATTEMPTS"],
@@ -103,6 +109,14 @@ class ProcessLife:
                 )
         except Exception:
             log.warning("repair round failed; the next one retries", exc_info=True)
+        self._purge()
+
+    def _purge(self) -> None:
+        try:
+            with self.flask_app.app_context():
+                self._retention.run_if_due()
+        except Exception:
+            log.warning("retention purge failed; a later round retries", exc_info=True)
 
     def _heartbeat_connection(self) -> Connection:
         """The heartbeat's own autocommit connection, so a slow repair round never delays it."""
@@ -142,14 +156,14 @@ def beat_record() -> ProcessRecord:
 
 
 def install(flask_app: Flask) -> None:
-    """Start the timers in a worker's main process once it is ready, and in beat once it starts."""
-    lives: list[ProcessLife] = []
+    """Start the timers and the webhook sender in a worker's main process once it is ready, and in beat."""
+    lives: list[ProcessLife | CallbackSender] = []
     repair_every = float(flask_app.config["RECONCILE_INTERVAL"])
 
     def begin(record: ProcessRecord) -> None:
-        life = ProcessLife(flask_app, record, repair_every).start()
-        lives.append(life)
-        atexit.register(life.stop)
+        for life in (ProcessLife(flask_app, record, repair_every).start(), CallbackSender(flask_app).start()):
+            lives.append(life)
+            atexit.register(life.stop)
 
     @celeryd_init.connect(weak=False)
     def on_worker_init(sender: Any = None, **_: Any) -> None:

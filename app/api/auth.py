@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
-from app import access
+from app import access, logging_setup
 from app.api import bp
 from app.errors import Unauthorized
 from app.services.accounts import authenticate_token
@@ -20,5 +20,7 @@ def require_token() -> None:
     if record is None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
     g.actor = f"token:{record.name}"
+    logging_setup.bind(actor=g.actor)
     g.role = record.role
+    g.token_id = record.id  # signs the completion webhooks of the batches it submits
     access.authorize(record.role)

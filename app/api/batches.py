@@ -12,9 +12,19 @@ from app.api.bodies import json_body, load_args, load_body, page_body
 from app.downloads import attachment
 from app.errors import InvalidInput
 from app.models import Role
-from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
+from app.schemas.batches import (
+    BatchCreate,
+    BatchListArgs,
+    BatchOut,
+    CallbackAttemptOut,
+    ItemOut,
+    LogArgs,
+    LogOut,
+    MoveBody,
+    ResumeBody,
+)
 from app.schemas.common import PageArgs
-from app.services import batches, logs, queue_manager
+from app.services import batches, callbacks, logs, queue_manager
 from app.services.snapshots import read_snapshot
 
 batch_out = BatchOut()
@@ -40,7 +50,7 @@ def create_batch() -> tuple[dict[str, Any], int, dict[str, str]]:
     raw = json_body()
     data = BatchCreate().load(raw)
     key = idempotency_key()
-    batch, created = batches.create_batch(data, g.actor, idempotency_key=key, raw_body=raw)
+    batch, created = batches.create_batch(data, g.actor, idempotency_key=key, raw_body=raw, token_id=g.get("token_id"))
     location = url_for("api.get_batch", batch_id=batch.id)
     return batch_out.dump(batch), 201 if created else 200, {"Location": location}
 
@@ -81,6 +91,13 @@ def list_logs(batch_id: int) -> dict[str, Any]:
     args = load_args(LogArgs())
     window = logs.Window(level=args.get("level"), after=args.get("after"), before=args.get("before"))
     return page_body(logs.list_logs(batch_id, window, args["page"], args["per_page"]), LogOut())
+
+
+@bp.get("/batches/<int:batch_id>/callbacks")
+@requires(Role.VIEWER)
+def list_callbacks(batch_id: int) -> dict[str, Any]:
+    args = load_args(PageArgs())
+    return page_body(callbacks.list_attempts(batch_id, args["page"], args["per_page"]), CallbackAttemptOut())
 
 
 @bp.get("/batches/<int:batch_id>/logs.txt", defaults={"fmt": "txt"})

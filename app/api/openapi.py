@@ -12,8 +12,18 @@ from flask import current_app
 from app.access import public
 from app.api import bp
 from app.api.batches import MAX_IDEMPOTENCY_KEY
-from app.api.processor_spec import describe_processors
-from app.schemas.batches import BatchCreate, BatchListArgs, BatchOut, ItemOut, LogArgs, LogOut, MoveBody, ResumeBody
+from app.api.processor_spec import describe_callback_url, describe_processors
+from app.schemas.batches import (
+    BatchCreate,
+    BatchListArgs,
+    BatchOut,
+    CallbackAttemptOut,
+    ItemOut,
+    LogArgs,
+    LogOut,
+    MoveBody,
+    ResumeBody,
+)
 from app.schemas.common import ErrorSchema, PageArgs, list_schema
 from app.schemas.profiles import ImportResult, ProfileCreate, ProfileListArgs, ProfileOut, ProfilePatch
 from app.schemas.queue import HealthOut, PolicyBody, QueueOut
@@ -111,11 +121,14 @@ def _retry_op() -> dict[str, Any]:
     return operation
 
 
-def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+def build_spec(
+    http_allowed_hosts: tuple[str, ...] = (), callback_allowed_hosts: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Describe every endpoint of the contract, with the processors registered now.
 
-    The `http` processor's URLs are narrowed to `http_allowed_hosts`, since a
-    request for any other host is refused however well formed.
+    The `http` processor's URLs are narrowed to `http_allowed_hosts`, and
+    `callback_url` to `callback_allowed_hosts`, since a request for any other
+    host is refused however well formed.
     """
     spec = APISpec(
         title="batchq",
@@ -139,6 +152,7 @@ def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
         "BatchList": list_schema(BatchOut, "BatchList"),
         "ItemList": list_schema(ItemOut, "ItemList"),
         "LogList": list_schema(LogOut, "LogList"),
+        "CallbackAttemptList": list_schema(CallbackAttemptOut, "CallbackAttemptList"),
         "Move": MoveBody,
         "Resume": ResumeBody,
         "Queue": QueueOut,
@@ -177,6 +191,14 @@ def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
                 "at a level and above",
                 ("200", "LogList"),
                 query=LogArgs,
+                errors=("404",),
+            )
+        },
+        "/batches/{batch_id}/callbacks": {
+            "get": _op(
+                "List the attempts at a batch's completion webhooks, oldest first",
+                ("200", "CallbackAttemptList"),
+                query=PageArgs,
                 errors=("404",),
             )
         },
@@ -223,6 +245,7 @@ def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
             }
         },
     }
+    describe_callback_url(spec, callback_allowed_hosts)
     describe_processors(spec, http_allowed_hosts)
     for path, operations in paths.items():
         parameters = _id(path.split("{")[1].split("}")[0]) if "{" in path else None
@@ -237,10 +260,58 @@ def build_spec(http_allowed_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
             }
         },
     )
-    return spec.to_dict()
+    spec.path(path="/metrics", operations={"get": _metrics_op()})
+    described = _with_request_ids(spec.to_dict())
+    # Served at the root, not under /api/v1: this path names its own server.
+    described["paths"]["/metrics"]["servers"] = [{"url": "/"}]
+    return described
+
+
+# Every request may carry its own X-Request-ID, and every answer carries one (app/request_ids.py).
+REQUEST_ID_PARAMETER = {
+    "in": "header",
+    "name": "X-Request-ID",
+    "required": False,
+    "description": "the caller's id for this request, kept in the answer and the logs when it is 1..128 of"
+    " A-Z a-z 0-9 . _ : @ / + = - (another value is replaced by a generated one, not refused)",
+    "schema": {"type": "string"},
+}
+REQUEST_ID_HEADER = {
+    "description": "the request's own X-Request-ID when it was sane, else a generated one",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+def _with_request_ids(document: dict[str, Any]) -> dict[str, Any]:
+    document["components"]["parameters"] = {"RequestId": REQUEST_ID_PARAMETER}
+    document["components"]["headers"] = {"RequestId": REQUEST_ID_HEADER}
+    for operations in document["paths"].values():
+        for method, operation in operations.items():
+            if method in ("parameters", "servers"):
+                continue
+            operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/RequestId"})
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})["X-Request-ID"] = {"$ref": "#/components/headers/RequestId"}
+    return document
+
+
+def _metrics_op() -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "summary": "Prometheus metrics (text format 0.0.4): a token, or an address in METRICS_ALLOWED_HOSTS",
+        "security": [{"bearer": []}, {}],
+        "responses": {
+            "200": {"description": "the metrics, names prefixed batchq_", "content": text},
+            "401": {"description": "no valid token, from an address not allowed", "content": text},
+        },
+    }
 
 
 @bp.get("/openapi.json")
 @public
 def openapi_json() -> dict[str, Any]:
-    return build_spec(tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ())))
+    return build_spec(
+        tuple(current_app.config.get("HTTP_PROCESSOR_ALLOWED_HOSTS", ())),
+        tuple(current_app.config.get("CALLBACK_ALLOWED_HOSTS", ())),
+    )

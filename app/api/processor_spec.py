@@ -51,6 +51,20 @@ def _parameters(spec: APISpec, name: str, http_allowed_hosts: tuple[str, ...]) -
     return schema
 
 
+def describe_callback_url(spec: APISpec, callback_allowed_hosts: tuple[str, ...]) -> None:
+    """Narrow BatchCreate's `callback_url` to URLs on CALLBACK_ALLOWED_HOSTS; with none allowed, only null."""
+    properties = spec.components.schemas["BatchCreate"]["properties"]
+    described = properties["callback_url"]
+    if callback_allowed_hosts:
+        described["pattern"] = _url_pattern(callback_allowed_hosts)
+    else:
+        properties["callback_url"] = {"type": "string", "nullable": True, "enum": [None], **_about(described)}
+
+
+def _about(described: dict[str, Any]) -> dict[str, Any]:
+    return {"description": described["description"]} if "description" in described else {}
+
+
 def describe_processors(spec: APISpec, http_allowed_hosts: tuple[str, ...]) -> None:
     """Add BatchCreateRequest: BatchCreate with `processor` one of the registered names, and its parameters."""
     variants = {}

@@ -6,6 +6,7 @@ from flask import Blueprint, Flask, current_app
 
 from app.live.health_watch import HealthWatch
 from app.live.hub import Hub
+from app.live.shared_render import SharedRenders
 
 bp = Blueprint("live", __name__)
 
@@ -19,6 +20,8 @@ DEFAULTS = {
     "LIVE_STREAM_SECONDS": 300.0,
     # How often a process with open streams looks at the service's health (the banner).
     "LIVE_HEALTH_SECONDS": 1.0,
+    # The longest a render of the table region is handed to other viewers (app/live/shared_render.py).
+    "LIVE_SHARED_RENDER_SECONDS": 1.0,
 }
 
 
@@ -29,6 +32,7 @@ def init_app(app: Flask) -> None:
     live_hub = Hub(app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"], int(app.config["LIVE_MAX_STREAMS"]))
     app.extensions["live_hub"] = live_hub
     app.extensions["health_watch"] = HealthWatch(app, live_hub, float(app.config["LIVE_HEALTH_SECONDS"]))
+    app.extensions["table_renders"] = SharedRenders(max_age=float(app.config["LIVE_SHARED_RENDER_SECONDS"]))
     app.register_blueprint(bp)
 
 

@@ -7,6 +7,13 @@ first stream has opened, and when what it reads changes (a worker aged out, the 
 answered again, a run lost its lease) it hands a "health" hint straight to
 its own streams, without Redis. The pages then re-fetch their regions: the
 banner and the waiting reasons.
+
+A page also reads the health whenever a queue hint makes it re-fetch, which
+may fall between two of the watcher's rounds: a worker that left and came
+back between them would leave that page showing "no worker" for good, since
+the watcher saw no change. So the pages tell the watcher what they showed
+(`served`), and a round that finds a page was shown something other than what
+the watcher last read hints the pages whatever it reads now.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.live.hub import Hub
-from app.services.health import read_health
+from app.services.health import ServiceHealth, read_health
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,12 @@ class HealthWatch:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        # Counts the changes seen: the shared table renders are keyed by it, since the table's waiting
+        # reasons turn on health, which moves no queue hint (app/live/shared_render.py).
+        self.generation = 0
+        # What the last round read of what the banner shows, and whether a page was shown something else since.
+        self._last_shown: Hashable = None
+        self._served_other = False
 
     def ensure_running(self) -> None:
         """Start the watcher in this process unless it runs (threads don't survive gunicorn's fork)."""
@@ -60,8 +73,13 @@ class HealthWatch:
             self._thread = threading.Thread(target=self._watch, name="health-watch", daemon=True)
             self._thread.start()
 
-    def digest(self) -> Hashable:
-        """What the pages show of the service's health, reduced to a comparable value."""
+    def served(self, health: ServiceHealth) -> None:
+        """A page was shown this health: if the watcher last read another, its next round hints the pages."""
+        if _shown(health) != self._last_shown:
+            self._served_other = True
+
+    def digest(self) -> tuple[Hashable, Hashable]:
+        """What the pages show of the service's health, and which running batch holds its lease: comparable."""
         from app.services.leases import LEASE_CLASS
 
         with self.app.app_context():
@@ -77,16 +95,33 @@ class HealthWatch:
             finally:
                 db.session.remove()
         if health is None:
-            return ("unreadable",)
-        workers = tuple(worker.name for worker in health.workers)
-        return (health.database, health.broker, workers, health.beat_alive, health.repairs_late, running)
+            return ("unreadable",), ()
+        return _shown(health), running
 
     def _watch(self) -> None:
         # Read on every round, streams open or not: a page that opens between two rounds was
         # rendered with a reading at most one round newer than `last`, never an old one.
-        last = self.digest()
+        last = self.look()
         while not self.hub.closing.wait(self.every):
-            current = self.digest()
-            if current != last and self.hub.open_streams:
+            last = self.look(last)
+
+    def look(self, last: tuple[Hashable, Hashable] | None = None) -> tuple[Hashable, Hashable]:
+        """One round: hint the pages if the health changed since `last` or a page was shown another; return it."""
+        served_other, self._served_other = self._served_other, False  # taken before the read: none is lost
+        current = self._read()
+        if last is not None and (current != last or served_other):
+            self.generation += 1  # before the hint: a page re-fetching for it never gets an older render
+            if self.hub.open_streams:
                 self.hub.broadcast(dict(HEALTH_HINT))
-            last = current
+        return current
+
+    def _read(self) -> tuple[Hashable, Hashable]:
+        current = self.digest()
+        self._last_shown = current[0]
+        return current
+
+
+def _shown(health: ServiceHealth) -> Hashable:
+    """What the pages show of the service's health (the banner, the waiting reasons), comparable."""
+    workers = tuple(worker.name for worker in health.workers)
+    return (health.database, health.broker, workers, health.beat_alive, health.repairs_late)

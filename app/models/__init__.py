@@ -9,6 +9,7 @@ from app.models.batches import (
     BatchStatus,
     ItemStatus,
 )
+from app.models.callbacks import CallbackAttempt, CallbackDelivery
 from app.models.processes import ServiceProcess
 from app.models.profiles import Profile
 from app.models.queue_state import QueueState
@@ -20,6 +21,8 @@ __all__ = [
     "BatchItem",
     "BatchLog",
     "BatchStatus",
+    "CallbackAttempt",
+    "CallbackDelivery",
     "ItemStatus",
     "Profile",
     "QueueState",

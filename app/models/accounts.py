@@ -42,6 +42,10 @@ class ApiToken(Model):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A revoked token keeps its row, so that `token list` can still say what it was and when it was last used.
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The key of the HMAC that signs this token's completion webhooks. Kept as it is, not hashed:
+    # the server must sign with it. Shown once (at create and at rotate-secret), never listed.
+    # NULL for tokens made before webhooks until `token rotate-secret` gives them one.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
 
 
 class User(Model):

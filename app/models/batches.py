@@ -58,16 +58,28 @@ class ItemStatus(StrEnum):
 
 
 RUNNING_STATUSES = (BatchStatus.IN_PROGRESS, BatchStatus.STOPPING)
+# The statuses a batch ends in: reaching one sends its completion webhook (app/models/callbacks.py).
+TERMINAL_STATUSES = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.STOPPED, BatchStatus.CANCELLED)
 
 
-def _sql_list(values: tuple[StrEnum, ...]) -> str:
+def sql_list(values: tuple[StrEnum, ...]) -> str:
+    """Status names as SQL literals, for a partial index's predicate and the statements that must use it.
+
+    Written into the text, never bound: a parameter can't prove a partial index's predicate in the
+    generic plan of a prepared statement (tests/services/test_statement_plans.py).
+    """
     return ", ".join(f"'{value.value}'" for value in values)
+
+
+# "This batch holds the running slot", as the partial index batch_one_running says it: a query's
+# condition that one index entry answers, however many batches there are (see sql_list).
+RUNNING_SLOT = f"status IN ({sql_list(RUNNING_STATUSES)})"
 
 
 class Batch(Model):
     __tablename__ = "batches"
     __table_args__ = (
-        CheckConstraint(f"status IN ({_sql_list(tuple(BatchStatus))})", name="batch_status_known"),
+        CheckConstraint(f"status IN ({sql_list(tuple(BatchStatus))})", name="batch_status_known"),
         CheckConstraint("(status = 'queued') = (queue_rank IS NOT NULL)", name="batch_rank_matches_status"),
         # Deferred, so that renumbering the whole queue can be one statement.
         UniqueConstraint("queue_rank", name="batch_rank_unique", deferrable=True, initially="DEFERRED"),
@@ -75,10 +87,12 @@ class Batch(Model):
             "batch_one_running",
             text("(true)"),
             unique=True,
-            postgresql_where=text(f"status IN ({_sql_list(RUNNING_STATUSES)})"),
+            postgresql_where=text(RUNNING_SLOT),
         ),
         Index("batch_finished_order", text("created_at DESC"), postgresql_where=text("queue_rank IS NULL")),
         Index("batch_status", "status"),
+        # Who created batches, one probe per name (app/services/batches.py: creators).
+        Index("batch_created_by", "created_by"),
         # The last finished batches in order: the failure policy's count of failures in a row.
         Index("batch_finished_at", "finished_at", postgresql_where=text("status IN ('done', 'failed')")),
         # Each processor's last finished batches: the item durations the start estimates read.
@@ -88,6 +102,10 @@ class Batch(Model):
             text("finished_at DESC"),
             postgresql_where=text("status IN ('done', 'failed')"),
         ),
+        # The oldest finished batches in every terminal status: what the retention purge deletes first.
+        Index("batch_purged_order", "finished_at", postgresql_where=text(f"status IN ({sql_list(TERMINAL_STATUSES)})")),
+        # The retries of a batch: what deleting it sets to NULL (without it, a scan per deleted batch).
+        Index("batch_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -127,6 +145,10 @@ class Batch(Model):
     # When the reconciler or a recovery last found the run gone and dispatched it again;
     # cleared by the next claim. The batch's waiting reason reads it.
     lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where the batch is POSTed when it ends (a completion webhook), signed with the webhook
+    # secret of the token that submitted it; NULL: no webhook.
+    callback_url: Mapped[str | None] = mapped_column(String(2000))
+    callback_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
 
     @property
     def pending_items(self) -> int:
@@ -167,7 +189,7 @@ class BatchItem(Model):
     __tablename__ = "batch_items"
     __table_args__ = (
         UniqueConstraint("batch_id", "position", name="batch_item_order"),
-        CheckConstraint(f"status IN ({_sql_list(tuple(ItemStatus))})", name="batch_item_status_known"),
+        CheckConstraint(f"status IN ({sql_list(tuple(ItemStatus))})", name="batch_item_status_known"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from app import processors
@@ -14,11 +16,19 @@ from app.processors.base import ITEM_TIMEOUT_MAX, ITEM_TIMEOUT_MIN
 from app.processors.builtin import Number
 from app.schemas.common import MAX_PAGE, PageArgs
 from app.schemas.profiles import Tag
+from app.services.outbound import AllowList
 from app.services.waiting import WaitingCode, waiting_of
 
 MAX_PROFILES = 10_000
+# The length of the column that keeps a callback_url.
+MAX_CALLBACK_URL = 2000
 # Log line ids are PostgreSQL bigints.
 MAX_LOG_ID = 2**63 - 1
+
+
+def callback_hosts() -> AllowList:
+    """Hosts, addresses and CIDRs completion webhooks may call (CALLBACK_ALLOWED_HOSTS)."""
+    return AllowList.parse(current_app.config.get("CALLBACK_ALLOWED_HOSTS", ()))
 
 
 class BatchCreate(Schema):
@@ -35,6 +45,23 @@ class BatchCreate(Schema):
     parameters = fields.Dict(keys=fields.String(), load_default=dict)
     # Absent: the processor's own limit, else ITEM_TIMEOUT_DEFAULT (app/services/batches.py).
     item_timeout = Number(allow_nan=False, validate=validate.Range(min=ITEM_TIMEOUT_MIN, max=ITEM_TIMEOUT_MAX))
+    # POSTed the batch when it ends, signed with the submitting token's webhook secret (docs/webhooks.md).
+    callback_url = fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        allow_none=True,
+        validate=validate.Length(max=MAX_CALLBACK_URL),
+        metadata={"description": "receives the batch when it ends; its host must be in CALLBACK_ALLOWED_HOSTS"},
+    )
+
+    @validates("callback_url")
+    def callback_host_is_allowed(self, value: str | None, **_: Any) -> None:
+        # Only the name here: it is resolved, and each address checked, at every attempt.
+        if value is None:
+            return
+        host = urlsplit(value).hostname or ""
+        if not callback_hosts().allows_host(host):
+            raise ValidationError(f"host {host!r} is not in CALLBACK_ALLOWED_HOSTS")
 
     @validates("profile_ids")
     def distinct_profiles(self, value: list[int], **_: Any) -> None:
@@ -85,6 +112,7 @@ class BatchOut(Schema):
     finished_at = fields.DateTime(allow_none=True)
     error = fields.String(allow_none=True)
     item_timeout = fields.Float()
+    callback_url = fields.String(allow_none=True, metadata={"description": "POSTed the batch when it ends"})
     retry_of = fields.Integer(allow_none=True, metadata={"description": "the failed batch this one retries"})
     waiting_code = fields.Method(
         "get_waiting_code",
@@ -226,6 +254,14 @@ class LogOut(Schema):
     at = fields.DateTime()
     level = fields.String()
     message = fields.String()
+
+
+class CallbackAttemptOut(Schema):
+    """One POST of a completion webhook: when, the answer's status (null without one), what went wrong."""
+
+    at = fields.DateTime()
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
 
 
 class MoveBody(Schema):

@@ -57,8 +57,21 @@ def _usable_token() -> ColumnElement[bool]:
     return and_(ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()))
 
 
-def create_token(name: str, role: Role = Role.OPERATOR, expires_in: timedelta | None = None) -> str:
-    """Create a token and return it; only its hash is stored, so this is the one time it is seen."""
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new token and its webhook signing secret: the one time either is seen."""
+
+    token: str
+    webhook_secret: str
+
+
+def new_webhook_secret() -> str:
+    """A fresh key for signing a token's completion webhooks (HMAC-SHA256: 256 random bits)."""
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def issue_token(name: str, role: Role = Role.OPERATOR, expires_in: timedelta | None = None) -> IssuedToken:
+    """Create a token with its webhook secret and return both; only the token's hash is stored."""
     name = name.strip()
     if not name:
         raise InvalidInput("a token needs a name", {"name": ["is required"]})
@@ -66,18 +79,57 @@ def create_token(name: str, role: Role = Role.OPERATOR, expires_in: timedelta | 
     if taken is not None:
         raise Conflict(f"a token named {name!r} is already in use; revoke it first or choose another name")
     token = "bq_" + secrets.token_urlsafe(32)
+    secret = new_webhook_secret()
     expires_at = utcnow() + expires_in if expires_in is not None else None
-    db.session.add(ApiToken(name=name, token_hash=_digest(token), role=role.value, expires_at=expires_at))
+    record = ApiToken(name=name, token_hash=_digest(token), role=role.value, expires_at=expires_at)
+    record.webhook_secret = secret
+    db.session.add(record)
     db.session.commit()
-    return token
+    return IssuedToken(token, secret)
+
+
+def create_token(name: str, role: Role = Role.OPERATOR, expires_in: timedelta | None = None) -> str:
+    """Create a token and return it; only its hash is stored, so this is the one time it is seen."""
+    return issue_token(name, role, expires_in).token
+
+
+def rotate_webhook_secret(name: str) -> str:
+    """Give the usable token of that name a new webhook secret and return it (the old one signs nothing more).
+
+    Deliveries still pending are signed with the new secret from their next attempt on.
+    """
+    record = db.session.scalar(
+        select(ApiToken).where(ApiToken.name == name, _usable_token()).order_by(ApiToken.id.desc()).limit(1)
+    )
+    if record is None:
+        raise NotFound(f"no usable token named {name!r}")
+    secret = new_webhook_secret()
+    record.webhook_secret = secret
+    db.session.commit()
+    return secret
+
+
+# How stale a token's last_used_at may get: written at most this often, not on every request.
+LAST_USED_PRECISION = timedelta(minutes=1)
 
 
 def authenticate_token(token: str) -> ApiToken | None:
-    """Return the token's record if the token may be used now."""
+    """Return the token's record if the token may be used now.
+
+    Its last use is written only when the stored one is a minute old or more:
+    a write and a commit on every request cost more than the rest of the check,
+    and lists show the last use to the minute anyway. Without a write the
+    request's transaction goes on, and the record stays loaded for the view.
+    """
     query = select(ApiToken).where(ApiToken.token_hash == _digest(token), _usable_token())
     record = db.session.scalar(query)
-    if record is not None:
-        db.session.execute(update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=utcnow()))
+    now = utcnow()
+    if record is not None and (record.last_used_at is None or record.last_used_at <= now - LAST_USED_PRECISION):
+        db.session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == record.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now))
+            .values(last_used_at=now)
+        )
         db.session.commit()
     return record
 

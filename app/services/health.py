@@ -112,6 +112,11 @@ _REPAIRS_LATE = text(
 )
 
 
+def late_seconds() -> float:
+    """How long since the last repair round counts as late."""
+    return LATE_ROUNDS * float(current_app.config["RECONCILE_INTERVAL"])
+
+
 def read_health() -> ServiceHealth:
     """The database, the broker, the live workers and beats, and whether repairs run on time.
 
@@ -121,8 +126,13 @@ def read_health() -> ServiceHealth:
     broker = broker_ok()
     try:
         processes = liveness.alive()
-        late = db.session.scalar(_REPAIRS_LATE, {"late": LATE_ROUNDS * float(current_app.config["RECONCILE_INTERVAL"])})
+        late = db.session.scalar(_REPAIRS_LATE, {"late": late_seconds()})
     except Exception:  # noqa: BLE001  (any failure means: the database is unreachable)
         db.session.rollback()
         return ServiceHealth(database=False, broker=broker)
     return ServiceHealth(database=True, broker=broker, processes=processes, repairs_late=bool(late))
+
+
+def health_from(processes: list[LiveProcess], repairs_late: bool) -> ServiceHealth:
+    """The service's health from what a caller read itself (app/services/waiting.py), the broker probed here."""
+    return ServiceHealth(database=True, broker=broker_ok(), processes=processes, repairs_late=repairs_late)

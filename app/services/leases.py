@@ -29,15 +29,21 @@ def release(connection: Connection, batch_id: int) -> None:
     connection.execute(text("SELECT pg_advisory_unlock(:cls, :id)"), {"cls": LEASE_CLASS, "id": batch_id})
 
 
+def held_sql(batch_id: str) -> str:
+    """SQL telling whether some live run holds the lease of the batch whose id `batch_id` (an expression) is.
+
+    Its LEASE_CLASS is the parameter `:lease_class`.
+    """
+    return (
+        "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+        f" AND l.classid = :lease_class AND l.objid = {batch_id} AND l.objsubid = 2)"
+    )
+
+
+_IS_HELD = text(f"SELECT {held_sql(':id')}")
+
+
 def is_held(batch_id: int) -> bool:
     """Tell whether some live run holds the batch's lease, without taking it."""
-    return bool(
-        db.session.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
-                " AND l.classid = :cls AND l.objid = :id AND l.objsubid = 2)"
-            ),
-            {"cls": LEASE_CLASS, "id": batch_id},
-        ).scalar()
-    )
+    return bool(db.session.execute(_IS_HELD, {"lease_class": LEASE_CLASS, "id": batch_id}).scalar())

@@ -1,5 +1,5 @@
 """Calls out of the service to URLs its users supply: the `http` processor today, completion
-webhooks (CALLBACK_ALLOWED_HOSTS) when they come, both through `post_json`.
+webhooks (CALLBACK_ALLOWED_HOSTS, app/services/callbacks.py), both through `post`.
 
 Checking the URL's host name against an allow list is not enough: a listed name can resolve, or be
 re-pointed between the check and the call (DNS rebinding), to 127.0.0.1, a private range or a cloud
@@ -114,6 +114,20 @@ def post_json(
     max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> Response:
     """POST `payload` as JSON to `url` under the rules above; `timeout` bounds the whole call."""
+    body = json.dumps(payload).encode()
+    return post(url, body, allowed=allowed, headers=headers, timeout=timeout, max_bytes=max_bytes)
+
+
+def post(
+    url: str,
+    body: bytes,
+    *,
+    allowed: AllowList,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+) -> Response:
+    """POST these very bytes (a signed body must be sent as signed) as JSON to `url`, as `post_json` does."""
     deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -152,7 +166,6 @@ def post_json(
         conn = conn_class(host, port, timeout=timeout)
         conn.sock = sock  # already connected to the checked address: http.client will not resolve again
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        body = json.dumps(payload).encode()
         conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
         answer = conn.getresponse()
         received = bytearray()

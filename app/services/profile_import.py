@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ SHOWN_ERRORS = 20
 # Rows per INSERT statement (three parameters each, well under PostgreSQL's 65535).
 CHUNK = 2000
 TAG_SEPARATORS = re.compile(r"[\s,;]+")
+# Told (profiles written so far, profiles in the file) as an import goes.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,14 @@ def _texts(messages: Any) -> list[str]:
     return [str(messages)]
 
 
-def import_file(content: bytes, kind: str) -> tuple[int, int]:
-    """Validate a whole file and import it in one transaction; return (created, updated)."""
+def import_file(content: bytes, kind: str, progress: Progress | None = None) -> tuple[int, int]:
+    """Validate a whole file and import it in one transaction; return (created, updated).
+
+    `progress(written, total)` hears of each chunk written (first with 0, once the file is valid): the
+    CLI's progress bar. Nothing is committed until the last chunk is written.
+    """
     lines, errors = read_lines(decode(content), kind)
-    return upsert(validated(lines, errors))
+    return upsert(validated(lines, errors), progress)
 
 
 def decode(content: bytes) -> str:
@@ -179,7 +186,7 @@ def validated(lines: list[Line], errors: dict[int, dict[str, Any]]) -> list[dict
     return rows
 
 
-def upsert(rows: list[dict[str, Any]]) -> tuple[int, int]:
+def upsert(rows: list[dict[str, Any]], progress: Progress | None = None) -> tuple[int, int]:
     """Insert or update the profiles by name in one transaction; return (created, updated).
 
     Rows go in name order, so two imports that share names lock them in the
@@ -188,6 +195,8 @@ def upsert(rows: list[dict[str, Any]]) -> tuple[int, int]:
     created = 0
     now = utcnow()
     ordered = sorted(rows, key=lambda row: row["name"])
+    if progress is not None:
+        progress(0, len(ordered))
     try:
         for start in range(0, len(ordered), CHUNK):
             values = [{**row, "created_at": now} for row in ordered[start : start + CHUNK]]
@@ -198,6 +207,8 @@ def upsert(rows: list[dict[str, Any]]) -> tuple[int, int]:
                 set_={"attributes": new.excluded.attributes, "tags": new.excluded.tags},
             ).returning(literal_column("xmax = 0"))  # true for a row this statement inserted
             created += sum(1 for inserted in db.session.scalars(upserted) if inserted)
+            if progress is not None:
+                progress(min(start + CHUNK, len(ordered)), len(ordered))
         db.session.commit()
     except BaseException:
         db.session.rollback()

@@ -4,7 +4,9 @@ These lie between one batch's last item and the next batch's first item, the
 path bench.handoff measures, so each does in one statement what would
 otherwise take several round trips. Their status names are parameters bound
 here from BatchStatus and ItemStatus (`:status_<name>`, `:item_status_<name>`),
-never literals; the rules they carry out are the rows of the table in
+except where a partial index must serve the statement: those are written into
+the text from BatchStatus (`sql_list`), since a prepared statement's generic
+plan can't prove a partial index's predicate from a parameter. The rules they carry out are the rows of the table in
 app/services/queue_manager.py. Everything simpler is SQLAlchemy Core beside
 the code that runs it.
 """
@@ -20,6 +22,7 @@ from sqlalchemy import TextClause, text
 
 from app.models import BatchStatus, ItemStatus
 from app.models._types import utcnow
+from app.models.batches import RUNNING_SLOT, sql_list
 from app.services import leases
 
 _STATUS_NAMES = {f"status_{status.name.lower()}": status.value for status in BatchStatus} | {
@@ -35,7 +38,7 @@ def statement(sql: str) -> TextClause:
 
 @dataclass(frozen=True)
 class ItemWrite:
-    """An item's outcome, as FINISH_ITEM and END_RUN write it: each field is one of their parameters.
+    """An item's outcome, as END_RUN writes it: each field is one of their parameters.
 
     The defaults are "no item": END_RUN writes nothing for it, and adds nothing to the counters.
     """
@@ -70,48 +73,90 @@ _WRITE_ITEM = """
 _LINES = """ROWS FROM (jsonb_to_recordset(CAST(:lines AS jsonb)) AS (level text, message text))
             WITH ORDINALITY AS line(level, message, place)"""
 
-# Guarantees: an item's outcome, the batch's counters and the item's log lines
-# are written together, and only while the run's token is the batch's (0 rows:
-# the run was fenced off). A run's last item is written by END_RUN instead.
-FINISH_ITEM = statement(
-    f"""
+# Guarantees: a group of items' outcomes, the batch's counters and the items'
+# log lines are written together, and only while the run's token is the
+# batch's (0 rows: the run was fenced off). Each row of :items is one item of
+# the group (app/services/runs/items.py): its outcome, or `pending` for one left
+# by a stop (its start forgotten). :lines are the group's log lines in their
+# order, each stamped with its item's end. A run's last item, when nothing
+# else waits to be written with it, is written by END_RUN instead.
+FINISH_ITEMS = statement(
+    """
     WITH own AS (
         SELECT id FROM batches WHERE id = :batch_id AND dispatch_token = :token FOR UPDATE
-    ), item AS ({_WRITE_ITEM.format(owner="own")}
+    ), written AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS w(id bigint, status text, result text,
+            error text, finished_at timestamptz)
+    ), item AS (
+        UPDATE batch_items i SET status = w.status, result = CAST(w.result AS jsonb), error = w.error,
+            started_at = CASE WHEN w.status = :item_status_pending THEN NULL ELSE i.started_at END,
+            finished_at = w.finished_at
+        FROM written w
+        WHERE i.id = w.id AND i.batch_id IN (SELECT id FROM own)
     ), counters AS (
-        UPDATE batches SET succeeded_items = succeeded_items + :succeeded, failed_items = failed_items + :failed
+        UPDATE batches SET
+            succeeded_items = succeeded_items + (SELECT count(*) FROM written WHERE status = :item_status_succeeded),
+            failed_items = failed_items + (SELECT count(*) FROM written WHERE status = :item_status_failed)
         WHERE id IN (SELECT id FROM own)
     ), logged AS (
         INSERT INTO batch_logs (batch_id, at, level, message)
-        SELECT own.id, :item_at, line.level, line.message
-        FROM own, {_LINES}
+        SELECT own.id, line.at, line.level, line.message
+        FROM own, ROWS FROM (jsonb_to_recordset(CAST(:lines AS jsonb)) AS (at timestamptz, level text, message text))
+            WITH ORDINALITY AS line(at, level, message, place)
         ORDER BY line.place
     )
     SELECT count(*) FROM own
     """
 )
 
+# What the metrics of a promotion need (app/metrics: the time queued, the
+# handoff), read in the promotion's own statement rather than a round trip of
+# their own: the promoted batch's creation and start, and the end of the last batch that
+# finished before it. Its statuses are written into the text (from BatchStatus),
+# not bound: only then can every plan, a prepared statement's generic one too,
+# prove the partial index batch_finished_at usable and read one index entry.
+_ENDED = sql_list((BatchStatus.DONE, BatchStatus.FAILED))
+# Whether a batch holds the running slot: one entry of the partial index batch_one_running, however
+# many batches there are, for the same reason (bench.size: 161 ms a promotion at a million batches
+# while the statuses were bound, the generic plan reading every batch; 0.3 ms planned with the values).
+SLOT_TAKEN = f"EXISTS (SELECT 1 FROM batches WHERE {RUNNING_SLOT})"
+_PROMOTED_TIMES = f"""(SELECT created_at FROM promoted) AS created_at, (SELECT at FROM start) AS started_at,
+        (SELECT max(finished_at) FROM batches WHERE status IN ({_ENDED})) AS previous_finished_at"""
+
+# The head (the CTE `head` before it) becomes in_progress with a fresh dispatch token, and its
+# "started" line is written: the part both promotions share. Its start is never stamped before the
+# end it follows: :now is read before the statement, and a run's end (END_RUN, on another host
+# perhaps, outside the queue lock) may commit in between with a later clock reading. The snapshot
+# that saw no batch running sees that end, so the greatest of the two is a start after it.
+_PROMOTE_HEAD_AND_LOG = f"""start AS (
+        SELECT greatest(CAST(:now AS timestamptz),
+            (SELECT max(finished_at) FROM batches WHERE status IN ({_ENDED})),
+            (SELECT max(finished_at) FROM batches WHERE status IN ({sql_list((BatchStatus.STOPPED,))}))) AS at
+    ), promoted AS (
+        UPDATE batches b SET status = :status_in_progress, queue_rank = NULL, started_at = start.at,
+            dispatch_token = :token, heartbeat_at = start.at
+        FROM head, start
+        WHERE b.id = head.id
+        RETURNING b.id, b.created_at
+    ), logged AS (
+        INSERT INTO batch_logs (batch_id, at, level, message)
+        SELECT promoted.id, start.at, 'info', 'started' FROM promoted, start
+        RETURNING batch_id
+    )"""
+
 # Guarantees: at most one batch runs. Under the queue lock (its snapshot is
 # current), and only if no batch is in progress or stopping, the head (lowest
 # rank) becomes in_progress with a fresh dispatch token, and its log line is
 # written. The batches behind it move up by themselves: positions are counted.
 PROMOTE_HEAD = statement(
-    """
+    f"""
     WITH head AS (
         SELECT id FROM batches
         WHERE queue_rank IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM batches WHERE status IN (:status_in_progress, :status_stopping))
+            AND NOT {SLOT_TAKEN}
         ORDER BY queue_rank LIMIT 1
-    ), promoted AS (
-        UPDATE batches b SET status = :status_in_progress, queue_rank = NULL, started_at = :now,
-            dispatch_token = :token, heartbeat_at = :now
-        FROM head
-        WHERE b.id = head.id
-        RETURNING b.id
-    )
-    INSERT INTO batch_logs (batch_id, at, level, message)
-    SELECT id, :now, 'info', 'started' FROM promoted
-    RETURNING batch_id
+    ), {_PROMOTE_HEAD_AND_LOG}
+    SELECT batch_id AS promoted, {_PROMOTED_TIMES} FROM logged
     """
 )
 
@@ -122,7 +167,7 @@ PROMOTE_HEAD = statement(
 # the queue pauses instead, saying why (and the row is counted afresh from now).
 # Used only while a policy is set, so the handoff's path is PROMOTE_HEAD's alone.
 PROMOTE_HEAD_UNLESS_FAILING = statement(
-    """
+    f"""
     WITH since AS (
         SELECT coalesce(CAST(:streak_from AS timestamptz), '-infinity') AS at
     ), last_done AS (
@@ -130,7 +175,7 @@ PROMOTE_HEAD_UNLESS_FAILING = statement(
         WHERE status = :status_done AND finished_at > (SELECT at FROM since)
     ), streak AS (
         SELECT count(*) AS failed,
-            NOT EXISTS (SELECT 1 FROM batches WHERE status IN (:status_in_progress, :status_stopping)) AS free
+            NOT {SLOT_TAKEN} AS free
         FROM batches
         WHERE status = :status_failed AND finished_at > (SELECT at FROM since)
             AND finished_at > (SELECT at FROM last_done)
@@ -146,18 +191,9 @@ PROMOTE_HEAD_UNLESS_FAILING = statement(
         SELECT b.id FROM batches b, streak
         WHERE b.queue_rank IS NOT NULL AND streak.free AND streak.failed < :pause_after
         ORDER BY b.queue_rank LIMIT 1
-    ), promoted AS (
-        UPDATE batches b SET status = :status_in_progress, queue_rank = NULL, started_at = :now,
-            dispatch_token = :token, heartbeat_at = :now
-        FROM head
-        WHERE b.id = head.id
-        RETURNING b.id
-    ), logged AS (
-        INSERT INTO batch_logs (batch_id, at, level, message)
-        SELECT id, :now, 'info', 'started' FROM promoted
-        RETURNING batch_id
-    )
-    SELECT (SELECT batch_id FROM logged) AS promoted, (SELECT failed FROM paused) AS paused_after
+    ), {_PROMOTE_HEAD_AND_LOG}
+    SELECT (SELECT batch_id FROM logged) AS promoted, (SELECT failed FROM paused) AS paused_after,
+        {_PROMOTED_TIMES}
     """
 )
 
@@ -167,11 +203,11 @@ PROMOTE_HEAD_UNLESS_FAILING = statement(
 # While a batch runs, nothing changes: its run's end chains a promotion, which
 # comes here again.
 PAUSE_DRAINED = statement(
-    """
+    f"""
     UPDATE queue_state SET paused = true, paused_by = drain_by, paused_at = :now, paused_reason = 'drained',
         draining = false
     WHERE id = :queue_id AND draining
-        AND NOT EXISTS (SELECT 1 FROM batches WHERE status IN (:status_in_progress, :status_stopping))
+        AND NOT {SLOT_TAKEN}
     RETURNING drain_by
     """
 )

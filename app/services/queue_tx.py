@@ -76,7 +76,7 @@ def queue_change() -> Iterator[Change]:
 # The row lock is held until commit, which serializes every queue change. The
 # drain and the failure policy come in the same round trip: the promotion on the
 # handoff's path reads them without a statement of its own.
-_LOCK_QUEUE = (
+LOCK_QUEUE = (
     select(
         QueueState.paused,
         QueueState.draining,
@@ -89,12 +89,19 @@ _LOCK_QUEUE = (
 )
 
 
+def ensure_state_row() -> None:
+    """Make sure the queue's state row exists (checked once per app), for a lock taken without _lock_queue."""
+    if not current_app.extensions.get("queue_state_row"):
+        db.session.execute(insert(QueueState).values(id=QUEUE_STATE_ID, paused=False).on_conflict_do_nothing())
+        current_app.extensions["queue_state_row"] = True
+
+
 def _lock_queue() -> Change:
     """Take the queue lock for this transaction; return the queue's state as locked."""
-    row = db.session.execute(_LOCK_QUEUE).first()
+    row = db.session.execute(LOCK_QUEUE).first()
     if row is None:  # a database migrated without its state row
         db.session.execute(insert(QueueState).values(id=QUEUE_STATE_ID, paused=False).on_conflict_do_nothing())
-        row = db.session.execute(_LOCK_QUEUE).one()
+        row = db.session.execute(LOCK_QUEUE).one()
     return Change(
         paused=bool(row.paused),
         draining=bool(row.draining),

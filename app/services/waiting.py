@@ -13,16 +13,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from flask import current_app, g
 from sqlalchemy import text
 
 from app import processors
 from app.extensions import db
-from app.models import RUNNING_STATUSES, Batch, BatchStatus
+from app.models import Batch, BatchStatus
 from app.models._types import utcnow
 from app.models.queue_state import QUEUE_STATE_ID
-from app.services import leases
+from app.services import health as health_of
+from app.services import leases, liveness
 from app.services.health import ServiceHealth, read_health
 
 # Finished batches per processor that the item-duration estimate averages over.
@@ -105,13 +107,24 @@ _SECONDS_PER_ITEM = text(
     """
 )
 
-# now() is the transaction's start: the moment of the answer's snapshot, which the
-# running batch's progress is measured against.
+# The queue's state, its head, the running batch (and whether its run holds its
+# lease), whether repairs are late and each processor's recent pace, in one
+# round trip. now() is the transaction's start: the moment of the answer's
+# snapshot, which the running batch's progress is measured against.
 _QUEUE = text(
-    """
+    f"""
     SELECT now() AS now, q.paused, q.paused_by, q.paused_at, CASE WHEN q.draining THEN q.drain_by END AS drain_by,
-        (SELECT id FROM batches WHERE queue_rank IS NOT NULL ORDER BY queue_rank LIMIT 1) AS head_id
-    FROM queue_state q WHERE q.id = :id
+        coalesce(q.repaired_at < now() - make_interval(secs => :late), false) AS repairs_late,
+        (SELECT id FROM batches WHERE queue_rank IS NOT NULL ORDER BY queue_rank LIMIT 1) AS head_id,
+        (SELECT json_object_agg(rate.name, rate.seconds) FROM ({_SECONDS_PER_ITEM.text}) AS rate) AS rates,
+        {liveness.ALIVE_JSON} AS processes,
+        r.id AS running_id, r.status AS running_status, r.run_attempts, r.lost_at, r.heartbeat_at, r.started_at,
+        r.processor, r.total_items - r.succeeded_items - r.failed_items AS pending,
+        r.succeeded_items + r.failed_items AS done,
+        CASE WHEN r.id IS NOT NULL THEN {leases.held_sql("r.id")} END AS lease_held
+    FROM (SELECT 1) AS one
+    LEFT JOIN queue_state q ON q.id = :id
+    LEFT JOIN LATERAL (SELECT * FROM batches WHERE status IN ('in_progress', 'stopping')) AS r ON true
     """
 )
 
@@ -134,24 +147,44 @@ def queue_view() -> QueueView:
 
 
 def _read_view() -> QueueView:
-    health = read_health()
-    queue = db.session.execute(_QUEUE, {"id": QUEUE_STATE_ID}).one_or_none()
-    rates = {
-        row.name: float(row.seconds)
-        for row in db.session.execute(_SECONDS_PER_ITEM, {"processors": processors.names(), "recent": RECENT_BATCHES})
+    parameters = {
+        "id": QUEUE_STATE_ID,
+        "late": health_of.late_seconds(),
+        "processors": processors.names(),
+        "recent": RECENT_BATCHES,
+        "lease_class": leases.LEASE_CLASS,
+        "stale": liveness.stale_seconds(),
     }
-    running = db.session.query(Batch).filter(Batch.status.in_(RUNNING_STATUSES)).one_or_none()
-    now = queue.now if queue is not None else utcnow()
+    try:
+        queue = db.session.execute(_QUEUE, parameters).one()
+    except Exception:  # noqa: BLE001  (the database is unreachable: read_health says so)
+        db.session.rollback()
+        return _view_without_database()
+    rates = {name: float(seconds) for name, seconds in (queue.rates or {}).items()}
     return QueueView(
-        now=now,
-        health=health,
-        paused=bool(queue and queue.paused),
-        paused_by=queue.paused_by if queue else None,
-        paused_at=queue.paused_at if queue else None,
-        head_id=queue.head_id if queue else None,
-        drain_by=queue.drain_by if queue else None,
-        running=_running_run(running, rates, now) if running is not None else None,
+        now=queue.now,
+        health=health_of.health_from(liveness.alive_from_json(queue.processes), bool(queue.repairs_late)),
+        paused=bool(queue.paused),
+        paused_by=queue.paused_by,
+        paused_at=queue.paused_at,
+        head_id=queue.head_id,
+        drain_by=queue.drain_by,
+        running=_running_run(queue, rates) if queue.running_id is not None else None,
         seconds_per_item=rates,
+        max_attempts=int(current_app.config["BATCH_MAX_RUN_ATTEMPTS"]),
+    )
+
+
+def _view_without_database() -> QueueView:
+    return QueueView(
+        health=read_health(),
+        paused=False,
+        paused_by=None,
+        paused_at=None,
+        head_id=None,
+        drain_by=None,
+        running=None,
+        seconds_per_item={},
         max_attempts=int(current_app.config["BATCH_MAX_RUN_ATTEMPTS"]),
     )
 
@@ -160,20 +193,21 @@ def _read_view() -> QueueView:
 OWN_PACE_AFTER = 5
 
 
-def _running_run(batch: Batch, rates: dict[str, float], now: datetime) -> RunningRun:
-    done = batch.succeeded_items + batch.failed_items
-    rate = rates.get(batch.processor)
-    own_pace = done and batch.started_at is not None and (done >= OWN_PACE_AFTER or rate is None)
-    if own_pace and batch.started_at is not None:  # the freshest evidence, once there is enough of it
-        rate = (now - batch.started_at).total_seconds() / done
+def _running_run(row: Any, rates: dict[str, float]) -> RunningRun:
+    """The running batch from the view's row: its columns are the statement's running_* and the rest."""
+    done = row.done
+    rate = rates.get(row.processor)
+    own_pace = done and row.started_at is not None and (done >= OWN_PACE_AFTER or rate is None)
+    if own_pace and row.started_at is not None:  # the freshest evidence, once there is enough of it
+        rate = (row.now - row.started_at).total_seconds() / done
     return RunningRun(
-        id=batch.id,
-        status=batch.status,
-        run_attempts=batch.run_attempts,
-        lease_held=leases.is_held(batch.id),
-        lost_at=batch.lost_at,
-        heartbeat_at=batch.heartbeat_at,
-        seconds_left=batch.pending_items * rate if rate is not None else None,
+        id=row.running_id,
+        status=row.running_status,
+        run_attempts=row.run_attempts,
+        lease_held=bool(row.lease_held),
+        lost_at=row.lost_at,
+        heartbeat_at=row.heartbeat_at,
+        seconds_left=row.pending * rate if rate is not None else None,
     )
 
 
@@ -194,7 +228,9 @@ def judge_queued(batches: Iterable[Batch]) -> None:
     queued = sorted((b for b in batches if b.status == BatchStatus.QUEUED), key=lambda b: b.queue_rank or 0)
     if not queued:
         return
-    ahead = _seconds_ahead(view, queued[0].queue_rank or 0)
+    # Held back by an outage or a pause, a batch gets no estimate: the work ahead need not be summed.
+    held = view.outage() is not None or view.paused
+    ahead = None if held else _seconds_ahead(view, queued[0].queue_rank or 0)
     for batch in queued:
         position = batch.queue_position or 1
         view.judged[batch.id] = _judge_queued(view, batch, position, ahead)

@@ -23,6 +23,24 @@
     if (el) { el.textContent = text; el.dataset.mode = mode; }
   }
 
+  // --- the CSRF token of forms rendered for every viewer ----------------------
+
+  // The live table is rendered once and shared by everyone who watches it (app/live/shared_render.py),
+  // so its forms carry no token of their own: each takes the page's as it is submitted. This listener
+  // runs in the capture phase, before htmx reads the form.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var posts = (form.getAttribute("method") || "").toLowerCase() === "post" || form.hasAttribute("hx-post");
+    if (!posts || form.querySelector("input[name=csrf_token]")) return;
+    var meta = document.querySelector("meta[name=csrf-token]");
+    if (!meta) return;
+    var input = document.createElement("input");
+    input.type = "hidden";
+    input.name = "csrf_token";
+    input.value = meta.content;
+    form.appendChild(input);
+  }, true);
+
   // --- re-fetching the live regions ------------------------------------------
 
   var busy = false;

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, g
 from flask_wtf.csrf import generate_csrf
+from markupsafe import Markup
 
 from app.errors import Forbidden
 
@@ -19,7 +20,16 @@ def init_app(app: Flask) -> None:
     app.jinja_env.lstrip_blocks = True
     # Every POST form carries this token; each view checks it through a FlaskForm.
     app.jinja_env.globals["csrf_token"] = generate_csrf
+    app.jinja_env.globals["csrf_field"] = csrf_field
     app.register_blueprint(auth.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(profiles.bp)
     app.register_blueprint(admin.bp)
+
+
+def csrf_field() -> Markup:
+    """A form's hidden CSRF input; none in a render shared between users (app/live/shared_render.py):
+    there app.js adds the page's token as the form is submitted."""
+    if g.get("shared_render"):
+        return Markup("")
+    return Markup('<input type="hidden" name="csrf_token" value="%s">') % generate_csrf()

@@ -46,7 +46,7 @@ def _change(endpoint: str, run: Callable[[], str]) -> ResponseReturnValue:
     return redirect(url_for(endpoint))
 
 
-def _tokens_page(new_token: str | None = None, status: int = 200) -> ResponseReturnValue:
+def _tokens_page(new_token: accounts.IssuedToken | None = None, status: int = 200) -> ResponseReturnValue:
     tokens = [(token, accounts.token_state(token)) for token in accounts.list_tokens()]
     context = {"tokens": tokens, "roles": list(Role), "new_token": new_token, "form": FlaskForm()}
     return render_template("admin/tokens.html", **context), status
@@ -65,7 +65,7 @@ def create_token() -> ResponseReturnValue:
     try:
         data = _read(TokenCreateForm())
         expires_in = accounts.parse_duration(data["expires_in"]) if data["expires_in"] else None
-        token = accounts.create_token(data["name"], Role(data["role"]), expires_in)
+        token = accounts.issue_token(data["name"], Role(data["role"]), expires_in)
     except AppError as exc:
         flash(exc.message, "error")
         return _tokens_page(status=422 if exc.status == 400 else exc.status)

@@ -27,7 +27,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from app import access
+from app import access, logging_setup
 from app.access import public
 from app.errors import Forbidden
 from app.models import Role, User
@@ -76,6 +76,7 @@ def load_user(session_id: str) -> SignedIn | None:
 @login_required
 def require_role() -> None:
     """What every page blueprint runs before its views: a signed-in user whose role the view allows."""
+    logging_setup.bind(actor=f"user:{current_user.username}")
     access.authorize(current_user.role)
 
 

@@ -33,10 +33,11 @@ from app import live, processors
 from app.access import requires
 from app.downloads import attachment
 from app.errors import AppError, InvalidInput
+from app.live.shared_render import SharedRenders
 from app.models import BatchStatus, Role
 from app.schemas.batches import MoveForm
 from app.schemas.queue import PolicyForm
-from app.services import batches, logs, profiles, queue_manager, screens
+from app.services import batches, callbacks, logs, profiles, queue_manager, screens
 from app.services.queue_tx import FailurePolicy
 from app.services.snapshots import read_snapshot
 from app.views.auth import require_role
@@ -101,11 +102,29 @@ def _table_context(query: TableQuery) -> dict[str, Any]:
 @requires(Role.VIEWER)
 def index() -> ResponseReturnValue:
     query = read_table_query(request.args)
-    context = _table_context(query)
     if _is_htmx():
-        return render_template("batches/_table_region.html", **context)
+        return _shared_table_region(query)
+    context = _table_context(query)
     context.update(processor_names=processors.names(), creators=batches.creators())
     return render_template("batches/index.html", **context), 422 if query.errors else 200
+
+
+def _shared_table_region(query: TableQuery) -> ResponseReturnValue:
+    """The live re-fetch of the table: one render per change shared by the viewers with this role and query."""
+
+    def render() -> str:
+        g.shared_render = True  # the region leaves out the per-user CSRF token (app/live/shared_render.py)
+        try:
+            return render_template("batches/_table_region.html", **_table_context(query))
+        finally:
+            g.shared_render = False
+
+    renders: SharedRenders = current_app.extensions["table_renders"]
+    # The health generation: a render from before the workers left (or came back) shows the old waiting reasons.
+    health = current_app.extensions["health_watch"].generation
+    key = (current_user.role, url_for("batches.index", **query.url_args()), health)
+    body = renders.get(key, g.event_id, live.hub().current_event_id, render)
+    return body, 422 if query.errors else 200
 
 
 def _back_to_table() -> str:
@@ -383,6 +402,8 @@ def _detail_context(batch_id: int) -> dict[str, Any]:
         "batch": batch,
         "items": items,
         "items_last_page": max(1, -(-items.total // ITEMS_PER_PAGE)),
+        "callback_deliveries": callbacks.deliveries_of(batch_id) if batch.callback_url else [],
+        "callback_attempts": callbacks.attempts_of(batch_id) if batch.callback_url else [],
         "queued_last": queue_manager.get_next_position() - 1,
         "action_form": FlaskForm(),
         "self_url": url_for("batches.detail", batch_id=batch_id, items_page=items_page if items_page > 1 else None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flask import Flask
+from flask import Flask, current_app
 from markupsafe import Markup
 
 from app.models import Batch, BatchStatus
@@ -79,7 +79,9 @@ def format_seconds(seconds: float) -> str:
 
 def service_problems() -> list[str]:
     """The banner's sentences, from the same view of the queue as the rest of the page."""
-    return queue_view().health.problems()
+    health = queue_view().health
+    current_app.extensions["health_watch"].served(health)  # so a change it missed still reaches the page
+    return health.problems()
 
 
 def clock(value: datetime | None) -> str:

@@ -27,6 +27,7 @@ BATCH_KEYS = {
     "finished_at": (str, type(None)),
     "error": (str, type(None)),
     "item_timeout": float,
+    "callback_url": (str, type(None)),
     "retry_of": (int, type(None)),
     "waiting_code": (str, type(None)),
     "waiting_reason": (str, type(None)),

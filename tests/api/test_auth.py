@@ -36,6 +36,7 @@ PROTECTED = [
     ("POST", "/profiles/import", None),
     ("GET", "/batches/1/logs.txt", None),
     ("GET", "/batches/1/logs.jsonl", None),
+    ("GET", "/batches/1/callbacks", None),
 ]
 
 BAD_HEADERS = [

@@ -25,6 +25,7 @@ CONTRACT = [
     ("get", "/batches/{id}/logs"),
     ("get", "/batches/{id}/logs.txt"),
     ("get", "/batches/{id}/logs.jsonl"),
+    ("get", "/batches/{id}/callbacks"),
     ("post", "/batches/{id}/stop"),
     ("post", "/batches/{id}/cancel"),
     ("post", "/batches/{id}/move"),
@@ -44,12 +45,21 @@ def spec(app: Flask) -> dict[str, Any]:
 
 
 def _operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    """The operations under /api/v1 (a path with servers of its own, /metrics, is served elsewhere)."""
     return {
         (method, re.sub(r"\{[^}]+\}", "{id}", path))
         for path, item in spec["paths"].items()
+        if "servers" not in item
         for method in item
         if method in {"get", "post", "put", "patch", "delete"}
     }
+
+
+def test_openapi_describes_metrics_at_the_root_as_text(spec: dict[str, Any], app: Flask) -> None:
+    item = spec["paths"]["/metrics"]
+    assert item["servers"] == [{"url": "/"}]
+    assert "text/plain" in item["get"]["responses"]["200"]["content"]
+    assert "/metrics" in {rule.rule for rule in app.url_map.iter_rules()}
 
 
 def test_openapi_is_a_valid_openapi_3_document(spec: dict[str, Any]) -> None:
@@ -117,6 +127,7 @@ def test_openapi_declares_bearer_auth_and_leaves_health_and_itself_open(
                 "finished_at",
                 "error",
                 "item_timeout",
+                "callback_url",
                 "retry_of",
                 "waiting_code",
                 "waiting_reason",
@@ -165,6 +176,8 @@ def test_openapi_needs_no_token_and_matches_what_api_clients_see(api: ApiClient,
 
 def test_openapi_declares_401_403_and_429_on_every_route_behind_a_token(spec: dict[str, Any]) -> None:
     for path, item in spec["paths"].items():
+        if "servers" in item:  # /metrics: no role (any token), no rate limit
+            continue
         for method, operation in item.items():
             if method in {"get", "post", "put", "patch", "delete"} and operation.get("security") != []:
                 assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
@@ -199,9 +212,31 @@ def test_openapi_narrows_http_urls_to_the_allowed_hosts(app: Flask) -> None:
     assert not re.match(url["pattern"], "http://127.0.0.1/hook")
 
 
+def test_openapi_narrows_callback_urls_to_the_allowed_hosts_and_with_none_allows_only_null(app: Flask) -> None:
+    from app.api.openapi import build_spec
+
+    narrowed = build_spec((), ("hooks.example.org",))["components"]["schemas"]["BatchCreate"]["properties"]
+    assert re.match(narrowed["callback_url"]["pattern"], "https://hooks.example.org/batchq")
+    assert not re.match(narrowed["callback_url"]["pattern"], "http://127.0.0.1/hook")
+    assert narrowed["callback_url"]["maxLength"] == 2000
+    closed = build_spec()["components"]["schemas"]["BatchCreate"]["properties"]["callback_url"]
+    assert closed["enum"] == [None]
+
+
 @pytest.mark.parametrize("method, path", [("put", "/queue"), ("delete", "/batches"), ("patch", "/openapi.json")])
 def test_405_names_the_allowed_methods_in_the_contract_error_shape(api: ApiClient, method: str, path: str) -> None:
     response = api.client.open(f"/api/v1{path}", method=method.upper(), headers=api.headers)
     assert response.status_code == 405
     assert {"GET"} <= {m.strip() for m in response.headers["Allow"].split(",")}
     assert response.is_json and set(response.get_json()["error"]) == {"code", "message"}
+
+
+def test_openapi_declares_x_request_id_on_every_operation_and_every_answer(spec: dict[str, Any]) -> None:
+    assert spec["components"]["headers"]["RequestId"]["required"] is True
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method in ("parameters", "servers"):
+                continue
+            assert {"$ref": "#/components/parameters/RequestId"} in operation["parameters"], (path, method)
+            for code, response in operation["responses"].items():
+                assert response["headers"]["X-Request-ID"] == {"$ref": "#/components/headers/RequestId"}, (path, code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -79,3 +80,22 @@ def test_only_a_hash_of_the_token_is_stored(app: Flask, clean: None) -> None:
     with app.app_context():
         stored = db.session.scalars(db.select(ApiToken.token_hash)).one()
     assert secret not in stored and len(stored) == 64
+
+
+def test_a_tokens_last_use_is_written_at_most_once_a_minute(app: Flask, api: ApiClient) -> None:
+    def last_used() -> Any:
+        with app.app_context():
+            value = db.session.scalar(db.select(ApiToken.last_used_at).where(ApiToken.name == "tests"))
+            db.session.remove()
+        return value
+
+    assert api.get("/queue").status_code == 200
+    first = last_used()
+    assert first is not None
+    assert api.get("/queue").status_code == 200
+    assert last_used() == first  # within the minute: not written again
+    with app.app_context():
+        db.session.execute(db.update(ApiToken).values(last_used_at=first - accounts.LAST_USED_PRECISION))
+        db.session.commit()
+    assert api.get("/queue").status_code == 200
+    assert last_used() > first  # a minute old: written

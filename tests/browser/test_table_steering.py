@@ -55,6 +55,27 @@ def test_move_to_the_top(page: Page, app: Flask, queue_of_four: list[int]) -> No
     assert moves_logged(app, c) == ["moved from #3 to #1 by alice"]
 
 
+def test_controls_of_a_shared_live_render_take_the_pages_token(
+    page: Page, app: Flask, queue_of_four: list[int]
+) -> None:
+    """A live re-fetch is rendered once for every viewer, without anyone's CSRF token in its forms;
+    the page's token goes with each form as it is submitted, with htmx or without."""
+    a, _b, c, d = queue_of_four
+    open_table(page)
+    expect(row(page, c).locator("input[name=csrf_token]")).to_have_count(5)  # the full page: one per form
+    publish(app, "batch", a)  # a hint: the table region is re-fetched, from the shared render
+    expect(row(page, c).locator("input[name=csrf_token]")).to_have_count(0)
+    row(page, c).locator('[data-action="move-top"]').click()
+    expect(row(page, c).locator("td.queue-position")).to_have_text("#1")
+    assert moves_logged(app, c) == ["moved from #3 to #1 by alice"]
+    publish(app, "batch", a)
+    expect(row(page, d).locator("input[name=csrf_token]")).to_have_count(0)
+    row(page, d).locator("input[name=position]").fill("2")
+    row(page, d).locator("input[name=position]").press("Enter")
+    expect(row(page, d).locator("td.queue-position")).to_have_text("#2")
+    assert moves_logged(app, d) == ["moved from #4 to #2 by alice"]
+
+
 def test_move_to_a_position(page: Page, app: Flask, queue_of_four: list[int]) -> None:
     a, b, c, d = queue_of_four
     open_table(page)

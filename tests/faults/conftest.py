@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -18,9 +19,10 @@ from celery import Celery
 from flask import Flask
 
 from app.config import Settings
-from app.embedded import redis_server
+from app.redis_transport import transport_for
 from app.services import dispatch
 from bench import processes
+from tests.brokers import is_amqp, session_broker
 from tests.conftest import SESSION_TAG, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,13 +38,19 @@ class WorkerProcess:
     through it, so this worker (and only it) receives them.
     """
 
-    def __init__(self, settings: Settings, redis_url: str, log_dir: Path) -> None:
-        self.prefix = f"batchq-{SESSION_TAG}-faults-{uuid.uuid4().hex[:6]}:"
+    def __init__(self, settings: Settings, redis_url: str, log_dir: Path, broker_url: str | None = None) -> None:
+        tag = f"{SESSION_TAG}-faults-{uuid.uuid4().hex[:6]}"
+        self.prefix = f"batchq-{tag}:"
         self.redis_url = redis_url
+        # On RabbitMQ (TEST_BROKER_URL) a virtual host of its own stands for the key prefix;
+        # a broker given here is the test's own, used as it is.
+        self._broker = contextlib.nullcontext(broker_url) if broker_url else session_broker(redis_url, tag)
+        self.broker_url = self._broker.__enter__()
         self.env = {
             **os.environ,
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": self.broker_url,
             "SECRET_KEY": "test-secret",
             "BATCHQ_EVENTS_CHANNEL": settings.events_channel,
             "BATCH_HEARTBEAT_TIMEOUT": "2",
@@ -57,7 +65,8 @@ class WorkerProcess:
         self.sender = Celery("faults", set_as_current=False)
         self.sender.config_from_object("celeryconfig")
         self.sender.conf.update(
-            broker_url=redis_url,
+            broker_url=self.broker_url,
+            broker_transport=transport_for(self.broker_url),
             result_backend=redis_url,
             broker_transport_options={**self.sender.conf.broker_transport_options, "global_keyprefix": self.prefix},
             result_backend_transport_options={
@@ -127,8 +136,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children at once."""
-        if self.process is not None and self.process.poll() is None:
-            processes.kill(self.process)
+        processes.kill(self.process)
 
     def terminate(self, whole_group: bool = True, timeout: float = 20) -> float:
         """SIGTERM to the whole process group at once (as honcho and systemd send it) or to the main
@@ -159,6 +167,28 @@ class WorkerProcess:
 
         return wait_for(find, timeout=30, interval=0.1)
 
+    def waiting(self, queue: str) -> int:
+        """How many messages wait in one of this worker's queues.
+
+        On Redis the queue is a list under this worker's key prefix, read as it is (kombu's passive
+        declare found nothing on the embedded, password-protected Redis); on RabbitMQ, a passive declare.
+        """
+        if not is_amqp(self.broker_url):
+            return int(redis.Redis.from_url(self.broker_url).llen(f"{self.prefix}{queue}"))
+        with self.sender.connection_for_write() as connection:
+            try:
+                return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+            except connection.channel_errors:  # not declared yet: nothing was sent to it
+                return 0
+
+    def purge(self, queue: str) -> None:
+        """Lose what waits in one of this worker's queues, as a broker that dropped it would."""
+        if not is_amqp(self.broker_url):
+            redis.Redis.from_url(self.broker_url).delete(f"{self.prefix}{queue}")
+            return
+        with self.sender.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)
+
     def log(self) -> str:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
 
@@ -174,6 +204,7 @@ class WorkerProcess:
                 client.delete(*keys)
         finally:
             self.sender.close()
+            self._broker.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -187,32 +218,3 @@ def prefork_worker(
         yield worker
     finally:
         worker.close()
-
-
-class RedisServer:
-    """A redis-server of the test's own (the embedded one, on a free port), to stop and start again."""
-
-    def __init__(self, var_dir: Path) -> None:
-        self.var_dir = var_dir
-        redis_server.ensure_started(var_dir)
-        found = redis_server.running(var_dir)
-        assert found is not None
-        self.url = redis_server.redis_url(found[1], redis_server.password(var_dir))
-
-    def stop(self) -> None:
-        redis_server.stop(self.var_dir)  # SIGTERM: it writes its append-only file and exits, like SHUTDOWN
-
-    def start(self) -> None:
-        redis_server.ensure_started(self.var_dir)  # same port, same data
-        found = redis_server.running(self.var_dir)
-        assert found is not None
-        assert self.url == redis_server.redis_url(found[1], redis_server.password(self.var_dir))
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "var")
-    try:
-        yield server
-    finally:
-        redis_server.stop(server.var_dir)

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from marshmallow import Schema, fields
 
+from app.extensions import db
 from app.processors.base import ProfileData, RunContext
 from app.processors.registry import register
 from app.services.runs import items as run_items
@@ -73,6 +78,33 @@ class UntilShutdown:
         return {"profile": profile.name}
 
 
+class DieAtParameters(Schema):
+    die_profile = fields.String(required=True)
+    written_to = fields.String(required=True)
+
+
+class DieAt:
+    """Ends its own pool process on the first attempt at `die_profile`, after saving (to the file
+    `written_to`) which items of the batch were written as succeeded at that moment: a crash in the
+    middle of a group of outcomes not yet written."""
+
+    name = "die_at"
+    description = "Kills its own process on the first attempt at `die_profile`."
+    schema = DieAtParameters
+
+    def process(self, profile: ProfileData, parameters: dict[str, Any], ctx: RunContext) -> Any:
+        if profile.name == parameters["die_profile"] and ctx.item.attempt == 1:
+            with db.engine.connect() as connection:
+                written = connection.execute(
+                    db.text("SELECT id FROM batch_items WHERE batch_id = :id AND status = 'succeeded'"),
+                    {"id": ctx.batch_id},
+                ).scalars()
+                Path(parameters["written_to"]).write_text(json.dumps(sorted(written)))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"profile": profile.name}
+
+
 register(Stubborn())
+register(DieAt())
 register(Hang())
 register(UntilShutdown())

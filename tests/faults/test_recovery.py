@@ -14,8 +14,8 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.models._types import utcnow
-from app.services import dispatch, leases, queue_manager
-from app.services.queue_manager import MAX_RUN_ATTEMPTS, LeaseStillHeld
+from app.services import dispatch, leases, queue_repairs
+from app.services.queue_repairs import MAX_RUN_ATTEMPTS, LeaseStillHeld
 from tests.conftest import ApiClient, Gate, run_in_threads, sent_tasks, wait_for
 from tests.faults.helpers import (
     age_heartbeat,
@@ -105,7 +105,7 @@ def test_run_with_a_stale_token_returns_stale_and_writes_nothing(
     [(_, old_token)] = unsent
     age_heartbeat(app, batch["id"])
     with app.app_context():
-        queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30)
+        queue_repairs.recover_lost_run(heartbeat_timeout=1, stop_grace=30)
     [_, (_, new_token)] = unsent
     assert new_token != old_token
     before = (batch_row(app, batch["id"]), item_rows(app, batch["id"]), log_lines(app, batch["id"]))
@@ -142,7 +142,8 @@ def test_run_replaced_during_its_last_item_writes_neither_that_item_nor_the_end(
         target=lambda: outcome.append(send_and_wait(app, "batches.run", batch["id"], token, task_id=token, timeout=30))
     )
     runner.start()
-    wait_for(lambda: item_rows(app, batch["id"])[1].status == "running", timeout=15)
+    # Once the first item is written (within a poll of the last one beginning: outcomes are written in groups).
+    wait_for(lambda: [item.status for item in item_rows(app, batch["id"])] == ["succeeded", "running"], timeout=15)
     run_sql(app, "UPDATE batches SET dispatch_token = 'newer' WHERE id = :id", id=batch["id"])  # as a re-dispatch would
     gate.open()
     runner.join(timeout=30)
@@ -230,7 +231,7 @@ def test_lost_run_is_dispatched_again_by_the_reconciler_and_completes(
 
     # Not lost while its heartbeat is fresh, even though nobody holds its lease.
     with app.app_context():
-        assert queue_manager.recover_lost_run(heartbeat_timeout=30, stop_grace=30) is None
+        assert queue_repairs.recover_lost_run(heartbeat_timeout=30, stop_grace=30) is None
     assert len(unsent) == 1 and batch_row(app, batch["id"]).dispatch_token == lost_token
 
     age_heartbeat(app, batch["id"])
@@ -289,12 +290,12 @@ def test_stopping_batch_is_stopped_by_the_first_round_after_the_grace_fallback_e
     assert api.post(f"/batches/{batch['id']}/stop").get_json()["status"] == "stopping"
 
     with app.app_context():
-        queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30)  # within the grace: wait
+        queue_repairs.recover_lost_run(heartbeat_timeout=1, stop_grace=30)  # within the grace: wait
         assert revoked == []
     stop_requested_at = batch_row(app, batch["id"]).stop_requested_at
     wait_for(lambda: (utcnow() - stop_requested_at).total_seconds() > 0.01)  # the stop is older than the grace
     with app.app_context():
-        queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=0.01)  # past it: hard stop
+        queue_repairs.recover_lost_run(heartbeat_timeout=1, stop_grace=0.01)  # past it: hard stop
     assert revoked == [token]
     assert batch_status(app, batch["id"]) == "stopping"
     assert any("terminating its process" in line for line in log_lines(app, batch["id"]))
@@ -389,12 +390,12 @@ def test_two_reconcilers_and_a_failure_recovery_at_once_dispatch_a_lost_run_exac
     behind = api.batch(profile_ids, "noop", name="behind")
     [(_, lost_token)] = unsent
     age_heartbeat(app, batch["id"])  # its run never began: no lease, no heartbeat
-    caplog.set_level(logging.WARNING, logger="app.services.queue_manager")  # the session's worker sets ERROR
+    caplog.set_level(logging.WARNING, logger="app.services.queue_repairs")  # the session's worker sets ERROR
 
     recoveries = [
-        lambda: queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
-        lambda: queue_manager.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
-        lambda: queue_manager.recover_dead_run(batch["id"], lost_token),
+        lambda: queue_repairs.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
+        lambda: queue_repairs.recover_lost_run(heartbeat_timeout=1, stop_grace=30),
+        lambda: queue_repairs.recover_dead_run(batch["id"], lost_token),
     ]
     for _ in range(3):  # three rounds: the serialization must hold every time, not by luck
         results = run_in_threads(len(recoveries), lambda index: _recover_in_app(app, recoveries[index]))
@@ -422,16 +423,16 @@ def test_failure_recovery_leaves_a_run_alone_when_its_lease_is_held_or_its_token
     [(_, token)] = unsent
     held = lease(batch["id"])
     with app.app_context(), pytest.raises(LeaseStillHeld):
-        queue_manager.recover_dead_run(batch["id"], token)  # held: its process is dying, ask again shortly
+        queue_repairs.recover_dead_run(batch["id"], token)  # held: its process is dying, ask again shortly
     assert batch_row(app, batch["id"]).dispatch_token == token
     held.invalidate()
     wait_for(lambda: lease_free(app, batch["id"]), timeout=15)
     with app.app_context():
-        assert queue_manager.recover_dead_run(batch["id"], "an-older-token") is None  # not this dispatch
+        assert queue_repairs.recover_dead_run(batch["id"], "an-older-token") is None  # not this dispatch
     assert len(unsent) == 1 and batch_row(app, batch["id"]).dispatch_token == token
 
     with app.app_context():
-        queue_manager.recover_dead_run(batch["id"], token)
+        queue_repairs.recover_dead_run(batch["id"], token)
     assert len(unsent) == 2 and batch_row(app, batch["id"]).dispatch_token == unsent[1][1] != token
     assert violations(app) == []
 

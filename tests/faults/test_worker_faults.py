@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
 from flask import Flask
 
 from app.models._types import utcnow
-from app.services import queue_manager
+from app.services import queue_repairs
+from tests.brokers import amqp_session
 from tests.conftest import ApiClient, wait_for
 from tests.faults.conftest import WorkerProcess
 from tests.faults.helpers import (
@@ -25,6 +28,7 @@ from tests.faults.helpers import (
     log_lines,
     violations,
 )
+from tests.metrics.scrapes import samples, value
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("settled")]
 
@@ -37,7 +41,13 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     profile_ids = api.profiles(6)
     # Item 3 holds its first attempt until the worker dies: killed surely mid-item, however slow the machine.
     batch_id = enqueue(app, profile_ids, "hang", hang_profiles=["p-2"], first_attempt_only=True)
-    wait_for(lambda: item_rows(app, batch_id)[2].status == "running", timeout=15)
+    # Killed once the items before it are written (their group is, within a poll of the item in hand
+    # beginning): a written item is never run again. Items whose outcomes were not written yet run
+    # again: test_pool_child_killed_mid_group_runs_again_only_the_items_whose_outcomes_were_not_written.
+    wait_for(
+        lambda: [item.status for item in item_rows(app, batch_id)[:3]] == ["succeeded", "succeeded", "running"],
+        timeout=15,
+    )
     done_before = [(item.attempts, item.finished_at) for item in item_rows(app, batch_id)[:2]]
     first_token = batch_row(app, batch_id).dispatch_token
 
@@ -53,16 +63,22 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     assert reconciled.get(timeout=10) is None
     wait_for(lambda: batch_status(app, batch_id) == "done", timeout=15)
     row = batch_row(app, batch_id)
-    assert row.run_attempts == 2 and row.dispatch_token != first_token and row.succeeded_items == 6
     items = item_rows(app, batch_id)
     assert [(item.attempts, item.finished_at) for item in items[:2]] == done_before  # not rerun
     assert [item.attempts for item in items] == [1, 1, 2, 1, 1, 1]  # the interrupted one resumed
     logs = log_lines(app, batch_id)
-    # The new worker has another name: its round may already know the old one is gone, or see the heartbeat aged.
-    assert {
-        "run lost (no heartbeat); dispatching it again",
-        "run lost (its worker is gone); dispatching it again",
-    } & set(logs)
+    if amqp_session():
+        # RabbitMQ gives a dead connection's unacknowledged message back at once: the new worker
+        # resumes the same dispatch before any repair round could find the run lost.
+        assert row.run_attempts == 2 and row.dispatch_token == first_token and row.succeeded_items == 6
+    else:
+        # Redis keeps it until its visibility timeout (hours): the reconciler dispatches the batch anew.
+        assert row.run_attempts == 2 and row.dispatch_token != first_token and row.succeeded_items == 6
+        # The new worker has another name: its round may already know the old one is gone, or see the heartbeat aged.
+        assert {
+            "run lost (no heartbeat); dispatching it again",
+            "run lost (its worker is gone); dispatching it again",
+        } & set(logs)
     assert any(line.startswith("run began") and line.endswith("(attempt 2)") for line in logs)
     assert violations(app) == []
 
@@ -78,7 +94,7 @@ def test_worker_killed_mid_batch_is_recovered_by_the_reconciler_and_items_resume
     assert batch_status(app, stubborn) == "stopping"
     wait_for(lambda: (utcnow() - stop_requested_at).total_seconds() > 0.3)  # the stop is older than the grace
     with app.app_context():
-        queue_manager.recover_lost_run(heartbeat_timeout=2, stop_grace=0.3)
+        queue_repairs.recover_lost_run(heartbeat_timeout=2, stop_grace=0.3)
     wait_for(lambda: lease_free(app, stubborn), timeout=15)  # its process was terminated
     wait_for(lambda: heartbeat_older_than(app, stubborn, 2.2), timeout=15)
     assert sender.send_task("queue.reconcile", queue="control", ignore_result=False).get(timeout=10) is None
@@ -146,6 +162,32 @@ def test_pool_child_killed_mid_batch_is_dispatched_again_at_once_without_waiting
     assert violations(app) == []
 
 
+def test_pool_child_killed_mid_group_runs_again_only_the_items_whose_outcomes_were_not_written(
+    api: ApiClient, app: Flask, prefork_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    prefork_worker.start()
+    count, die_on = 60, 40
+    written_to = tmp_path / "written.json"
+    batch_id = enqueue(app, api.profiles(count), "die_at", die_profile=f"p-{die_on}", written_to=str(written_to))
+
+    wait_for(lambda: batch_status(app, batch_id) == "done", timeout=60)
+    written = set(json.loads(written_to.read_text()))  # succeeded and written when the process died
+    items = item_rows(app, batch_id)
+    assert all(item.status == "succeeded" for item in items)
+    # Written as succeeded: never ran again. Ran but not written yet (the group in hand) and the
+    # item that died: ran again, each once more. The rest ran once, in the run dispatched again.
+    before = items[:die_on]
+    assert [item.attempts for item in before] == [1 if item.id in written else 2 for item in before]
+    assert [item.attempts for item in items[die_on:]] == [2] + [1] * (count - die_on - 1)
+    assert written <= {item.id for item in before}
+    assert row_counts(batch_row(app, batch_id)) == (count, 0)
+    assert violations(app) == []
+
+
+def row_counts(row: Any) -> tuple[int, int]:
+    return row.succeeded_items, row.failed_items
+
+
 def _process_ended(pid: int) -> bool:
     """Whether the process is gone or dead and waiting to be reaped by its parent (a zombie)."""
     try:
@@ -160,6 +202,7 @@ def test_a_processor_that_ignores_its_time_limit_has_its_pool_process_ended_and_
 ) -> None:
     prefork_worker.env["BATCH_HEARTBEAT_TIMEOUT"] = "600"  # the restart must not come from the heartbeat
     prefork_worker.start()
+    metrics_before = samples(app.test_client().get("/metrics").text)  # the worker writes to the session's METRICS_DIR
     profile_ids = api.profiles(3)
     batch_id = enqueue(app, profile_ids, "hang", item_timeout=1, hang_profiles=["p-1"])
     behind = enqueue(app, profile_ids[:1], "noop")
@@ -192,3 +235,12 @@ def test_a_processor_that_ignores_its_time_limit_has_its_pool_process_ended_and_
     assert batch_row(app, batch_id) == row and log_lines(app, batch_id) == logs
     assert not any(line.startswith("run lost") for line in logs)
     assert violations(app) == []
+    # The stalled item counts as failed (from the killed pool process's metrics file), and as a repair.
+    metrics_after = samples(app.test_client().get("/metrics").text)
+
+    def counted(name: str, **labels: str) -> float:
+        return value(metrics_after, name, **labels) - value(metrics_before, name, **labels)
+
+    assert counted("batchq_items_total", processor="hang", outcome="failed") == 1
+    assert counted("batchq_items_total", processor="hang", outcome="succeeded") == 2
+    assert counted("batchq_repairs_total", kind="stalled_run_restarted") == 1

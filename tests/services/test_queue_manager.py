@@ -10,7 +10,7 @@ from flask import Flask
 
 from app.extensions import db
 from app.models import Batch
-from app.services import dispatch, leases, queue_manager, queue_ranks
+from app.services import dispatch, leases, queue_manager, queue_ranks, queue_repairs
 from app.services.queue_manager import NewBatch
 from tests.conftest import insert_profiles, queue_violations, run_in_threads
 
@@ -63,6 +63,33 @@ def test_promote_next_batch_from_10_threads_starts_exactly_one(app_ctx: Flask, s
     assert queue_violations() == []
     running = queue_manager.get_running_batch()
     assert running is not None and running.id == 1 and running.queue_position == 0
+
+
+@pytest.mark.parametrize("ended", ["done", "failed", "stopped"])
+def test_a_start_is_never_stamped_before_the_end_it_follows(app_ctx: Flask, sent: list[Any], ended: str) -> None:
+    """The promoter's clock was read before another host's end committed, with a later reading."""
+    profile_ids = insert_profiles(1)
+    db.session.execute(db.text("UPDATE queue_state SET paused = true"))
+    db.session.commit()
+    first, second = _enqueue(app_ctx, profile_ids, "first"), _enqueue(app_ctx, profile_ids, "second")
+    db.session.execute(db.text("UPDATE queue_state SET paused = false"))
+    db.session.commit()
+    assert queue_manager.promote_next_batch() == first
+    ended_at = db.session.execute(
+        db.text(
+            "UPDATE batches SET status = :s, finished_at = now() + interval '1 minute'"
+            " WHERE id = :id RETURNING finished_at"
+        ),
+        {"s": ended, "id": first},
+    ).scalar_one()
+    db.session.commit()
+
+    assert queue_manager.promote_next_batch() == second
+    started_at = db.session.get(Batch, second).started_at
+    logged = db.session.execute(
+        db.text("SELECT at FROM batch_logs WHERE batch_id = :id AND message = 'started'"), {"id": second}
+    ).scalar_one()
+    assert started_at == logged == ended_at
 
 
 def test_enqueue_while_paused_waits(app_ctx: Flask, sent: list[Any]) -> None:
@@ -277,7 +304,7 @@ def _restart_as_the_watcher(batch_id: int, token: str, item_id: int) -> tuple[st
         autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
         assert leases.try_acquire(autocommit, batch_id)
         lines = [{"level": "info", "message": "p-1: working"}, {"level": "error", "message": "item 1/2 timed out"}]
-        new_token = queue_manager.restart_stalled_run(
+        new_token = queue_repairs.restart_stalled_run(
             autocommit, batch_id, token, item_id, "timed out after 5 s (the processor ignored the limit)", lines
         )
         return new_token, leases.is_held(batch_id)

@@ -108,6 +108,9 @@ def test_stop_racing_the_natural_finish_ends_stopped_and_paused_or_done_and_movi
             assert codes == [409, 409], (seconds, delay, codes)
             assert ended["status"] == "done" and queue["paused"] is False
         wait_for(lambda: _batch(api, behind["id"])["status"] == "done", timeout=15)
+        # And the promotion its end chained: run late, it would start the next target itself, and that
+        # target's creation, finding the slot free as it committed, would answer "queued".
+        sent_tasks.wait_until_run()
         assert_queue_consistent(app)
     assert set(outcomes) == {"stopped", "done"}, outcomes
 
@@ -294,7 +297,14 @@ def test_drain_racing_the_running_batchs_end_pauses_before_the_next_promotion_or
         answered = run_in_threads(2, act)[1]
         assert answered is not None
         wait_for(lambda: _batch(api, a["id"])["status"] == "done", timeout=15)
-        sent_tasks.wait_until_run("queue.promote_next")  # the promotion A's end chains (B's run may go on)
+        # The promotion A's end chains has run, one way or the other: it paused the queue for the drain, or
+        # started B. (A's status is written before its task's success signal sends that promotion, so
+        # waiting only for the promotions sent so far could come too early.)
+        wait_for(
+            lambda: api.get("/queue").get_json()["paused"] or _batch(api, b["id"])["status"] != "queued",
+            timeout=15,
+        )
+        sent_tasks.wait_until_run("queue.promote_next")  # (B's run may go on)
         queue = api.get("/queue").get_json()
         b_now = _batch(api, b["id"])["status"]
         drained_for = answered["running"]["id"] if answered["running"] else None

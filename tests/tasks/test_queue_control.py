@@ -105,7 +105,9 @@ def test_stop_mid_batch_halts_the_item_under_way_promptly_leaves_items_pending_a
     assert response.get_json()["status"] == "stopping"
     queue = _queue(api)
     assert queue["paused"] is True and queue["paused_by"] == "token:tests"
-    assert queue["running"]["id"] == running["id"] and queue["start_enabled"] is False
+    # A stop halts within a second: by this read the batch may be stopping still, or stopped already.
+    if queue["running"] is not None:
+        assert queue["running"]["id"] == running["id"] and queue["start_enabled"] is False
     assert_queue_consistent(app)
 
     wait_for(lambda: api.batch_of(running["id"])["status"] == "stopped", timeout=15)

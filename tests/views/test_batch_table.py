@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from bs4 import BeautifulSoup
+from flask import Flask
 from flask.testing import FlaskClient
 
+from app.extensions import db
+from app.models._types import utcnow
+from app.services import batches
+from app.services.batches import BatchFilter
 from tests.conftest import ApiClient
 from tests.views.conftest import Factory
 
@@ -223,3 +229,43 @@ def test_table_asks_for_progress_refreshes_once_a_second_at_most(client: FlaskCl
         BeautifulSoup(client.get("/profiles").get_data(as_text=True), "html.parser").body.get("data-live-item-gap")
         is None
     )
+
+
+@pytest.mark.parametrize(
+    "filters", [None, BatchFilter(processor="noop"), BatchFilter(statuses=("queued", "done"))], ids=str
+)
+def test_table_pages_read_in_parts_cover_the_table_order_once(
+    app: Flask, make: Factory, filters: BatchFilter | None
+) -> None:
+    """Each page is read as its parts (running, queued, the rest): every page boundary, wherever it falls."""
+    same_time = utcnow() - timedelta(hours=1)
+    running = make.batch("in_progress", 0)
+    queued = [make.batch("queued", n) for n in (3, 1, 2)]  # ranks out of creation order
+    sleeper = make.batch("queued", 4, processor="sleep")
+    done = [make.batch("done"), make.batch("done", created_at=same_time), make.batch("done", created_at=same_time)]
+    failed = [make.batch("failed"), make.batch("failed", created_at=same_time - timedelta(seconds=1))]
+    newest_first = [failed[0], done[0], done[2], done[1], failed[1]]  # ties on created_at: the higher id first
+    expected = [running, queued[1], queued[2], queued[0], sleeper, *newest_first]
+    if filters is not None and filters.processor:
+        expected.remove(sleeper)
+    if filters is not None and filters.statuses:
+        expected = [batch_id for batch_id in expected if batch_id in (*queued, sleeper, *done)]
+    with app.app_context():
+        whole = batches.list_batches(1, 500, filters)
+        assert [batch.id for batch in whole.items] == expected and whole.total == len(expected)
+        for per_page in (1, 2, 3, 4):
+            paged = [
+                batch.id
+                for page in range(1, len(expected) // per_page + 2)
+                for batch in batches.list_batches(page, per_page, filters).items
+            ]
+            assert paged == expected, per_page
+        db.session.remove()
+
+
+def test_creators_are_everyone_who_created_a_batch_once_each_in_order(app: Flask, make: Factory) -> None:
+    for name in ("zoe", "token:ci", "ada", "zoe", "ada", None, "cli:root"):
+        make.batch("done", created_by=name)
+    with app.app_context():
+        assert batches.creators() == ["ada", "cli:root", "token:ci", "zoe"]
+        db.session.remove()

@@ -6,7 +6,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.models import Role
+from app.extensions import db
+from app.models import ApiToken, Role
 from app.services import accounts
 from tests.conftest import PASSWORD, make_user
 from tests.views.conftest import Factory
@@ -93,7 +94,13 @@ def test_the_admin_tokens_page_creates_a_token_shown_once_and_revokes_it(app: Fl
     html = page.get_data(as_text=True)
     secret = html.split('id="new-token-value">')[1].split("<")[0]
     assert client.get("/api/v1/queue", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
-    assert secret not in client.get("/admin/tokens").get_data(as_text=True)
+    webhook_secret = html.split('id="new-webhook-secret-value">')[1].split("<")[0]
+    with app.app_context():
+        stored = db.session.scalar(db.select(ApiToken.webhook_secret).where(ApiToken.name == "svc"))
+        db.session.remove()
+    assert webhook_secret.startswith("whsec_") and stored == webhook_secret
+    listing = client.get("/admin/tokens").get_data(as_text=True)
+    assert secret not in listing and webhook_secret not in listing
     client.post("/admin/tokens/revoke", data={"name": "svc"})
     assert client.get("/api/v1/queue", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
 

@@ -72,3 +72,29 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_a_restart_is_reported_as_a_json_line_under_log_format_json(tmp_path: Path) -> None:
+    import json
+
+    pids = tmp_path / "pids"
+    code = (
+        "import sys, workers.keep_running as k; k.RESTART_DELAY_SECONDS = 0.3;"
+        " sys.argv = ['keep_running', *sys.argv[1:]]; k.main()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, sys.executable, "-c", CHILD, str(pids)],
+        cwd=ROOT,
+        env={**os.environ, "LOG_FORMAT": "json"},
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        os.kill(wait_for(lambda: _pids(pids), timeout=10)[0], signal.SIGKILL)
+        assert process.stderr is not None
+        line = json.loads(process.stderr.readline())
+        assert line["logger"] == "workers.keep_running" and line["level"] == "WARNING"
+        assert "ended (killed by signal 9); starting it again" in line["message"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)

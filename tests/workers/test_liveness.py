@@ -100,11 +100,11 @@ def test_a_repair_timer_promotes_a_head_left_waiting_without_any_task_or_beat(
 
 
 def test_a_round_within_the_gap_of_another_processs_round_is_skipped(app: Flask, clean: None) -> None:
-    from app.services import queue_manager
+    from app.services import queue_repairs
 
     def stamp_after_round() -> Any:
         with app.app_context():
-            queue_manager.recover_lost_run(heartbeat_timeout=30, stop_grace=30, min_gap=60)
+            queue_repairs.recover_lost_run(heartbeat_timeout=30, stop_grace=30, min_gap=60)
             stamp = db.session.scalar(db.text("SELECT repaired_at FROM queue_state"))
             db.session.rollback()
             return stamp

@@ -6,18 +6,20 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 
 from app.config import Settings
-from tests.conftest import wait_for
+from bench import processes
+from tests.conftest import RedisServer, wait_for
 from workers.flower import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +42,12 @@ def deployment_env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str
 
 
 def procfile_argv(name: str) -> list[str]:
-    """A Procfile line as its words, .venv made absolute so that it runs from any directory."""
+    """A Procfile line as its words, its checkout paths made absolute so that it runs from any directory."""
     line = PROCFILE[name].replace(".venv/bin/", f"{ROOT}/.venv/bin/")
-    return ["sh", "-c", "exec " + line]
+    line = line.replace(" gunicorn.conf.py ", f" {ROOT}/gunicorn.conf.py ")
+    # `exec` the command itself, so that the shell is not left as its parent (a line that sets a
+    # variable first, as the worker's does, can't be exec'd: stop() ends its whole group instead).
+    return ["sh", "-c", line if "=" in line.split()[0] else "exec " + line]
 
 
 def free_port() -> int:
@@ -87,6 +92,56 @@ def test_beat_runs_from_a_directory_without_var(settings: Settings, tmp_path: Pa
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("name", "ready"),
+    [
+        ("web", "Booting worker with pid"),  # gunicorn's worker has loaded the app
+        ("worker", f"@{socket.gethostname()} ready."),  # Celery's "name@host ready." once it consumes
+    ],
+)
+def test_web_and_worker_start_from_a_directory_without_var(
+    app: Flask, settings: Settings, tmp_path: Path, own_redis: RedisServer, name: str, ready: str
+) -> None:
+    """A deployment host: the Procfile's line, the contract's variables only, started in an empty directory.
+
+    It comes up, and writes nothing into that directory: no ./var/, no files of its own.
+    """
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    port = free_port()
+    env = deployment_env(
+        settings,
+        tmp_path,
+        SECRET_KEY="start-anywhere",
+        PORT=str(port),
+        WEB_WORKERS="1",
+        WORKER_CONCURRENCY="1",
+        REDIS_URL=own_redis.url,  # its unprefixed queues meet no one's messages, nor others its
+    )
+    argv = procfile_argv(name)
+    if name == "worker":
+        argv[-1] += f" -n anywhere-{uuid.uuid4().hex[:8]}@%h"
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            return ready in log.read_text()
+
+        wait_for(up, timeout=90, interval=0.1)
+        if name == "web":
+            health = f"http://127.0.0.1:{port}/api/v1/health"  # 503 while no worker runs: it answers all the same
+            wait_for(lambda: requests.get(health, timeout=5).status_code in (200, 503), timeout=30)
+        assert list(workdir.iterdir()) == []
+        assert not (tmp_path / "var").exists()
+    finally:
+        processes.stop(process, timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -151,8 +206,7 @@ def flower(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
         wait_for(answers, timeout=90, interval=0.2)
         yield url, port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        processes.stop(process, timeout=30)
 
 
 def test_flower_asks_for_its_password_and_listens_on_loopback_only(flower: tuple[str, int]) -> None:
@@ -167,3 +221,17 @@ def test_flower_address_comes_from_flower_address() -> None:
     words = shlex.split(PROCFILE["flower"])
     assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in words
     assert not re.search(r"basic.auth", PROCFILE["flower"], re.IGNORECASE)  # never on the command line (ps)
+
+
+def test_flower_keeps_its_own_metrics_out_of_the_hosts(flower: tuple[str, int]) -> None:
+    """Flower loads the app (multiprocess mode on); its flower_* values go to a subdirectory the web does not read."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from app import metrics
+
+    url, _ = flower
+    assert requests.get(url + "metrics", auth=("ops", "flower-test-password"), timeout=10).status_code == 200
+    own = metrics.METRICS_DIR / "flower"
+    wait_for(lambda: any(own.glob("*.db")), timeout=30)
+    host = {family.name for family in MultiProcessCollector.merge(list(map(str, metrics.METRICS_DIR.glob("*.db"))))}
+    assert not any(name.startswith("flower_") for name in host)

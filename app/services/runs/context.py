@@ -12,12 +12,16 @@ from app.services.runs.claim import PendingItem
 class ItemContext:
     """The RunContext a processor gets, and the item in hand with its time limit, which the watcher enforces."""
 
-    def __init__(self, item: ItemKey, pending: PendingItem, total: int, limit: float, started: float) -> None:
+    def __init__(
+        self, item: ItemKey, pending: PendingItem, total: int, limit: float, started: float, processor: str = ""
+    ) -> None:
         self.batch_id = item.batch_id
+        self.processor = processor  # its name: the metrics count a stalled item under it
         self.item = item
         self.pending = pending
         self.total = total
         self.limit = limit
+        self.started = started
         self.deadline = started + limit  # on time.monotonic()'s clock, from the item's start
         # A stop or the deadline: the processor should let go of the item now.
         self.interrupted = threading.Event()

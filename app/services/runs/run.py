@@ -16,7 +16,7 @@ from app.models._types import utcnow
 from app.services import dispatch, leases, queue_manager
 from app.services.queue_statements import NO_ITEM, ItemWrite
 from app.services.runs.claim import Claimed, lease_and_claim
-from app.services.runs.items import Fenced, ItemsEnd, run_items
+from app.services.runs.items import Fenced, ItemsEnd, record_item, run_items
 from app.services.runs.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,12 @@ def _run_leased(lease: Lease, claimed: Claimed | None, token: str, heartbeat_tim
     if ended.handed_back:
         _log_if_owned(batch_id, token, "worker shutting down: run handed back between items, to resume elsewhere")
         return RunOutcome.HANDED_BACK
-    return _finish(lease, token, ended.error, ended.last_item) or RunOutcome.FENCED
+    outcome = _finish(lease, token, ended.error, ended.last_item)
+    if outcome is None:
+        return RunOutcome.FENCED
+    if ended.last_item.item_id is not None:  # written with the batch's end
+        record_item(claimed.processor, ended.last_item, ended.last_seconds)
+    return outcome
 
 
 def _log_if_owned(batch_id: int, token: str, message: str) -> None:

@@ -8,12 +8,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask
 from sqlalchemy import Connection, func, select, update
 
+from app import metrics
 from app.models import Batch, BatchStatus, ItemStatus
-from app.services import queue_manager
+from app.services import queue_repairs
 from app.services.runs.context import ItemContext, item_lines, timed_out_error
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class Watcher(threading.Thread):
         # Set once the watcher ended the run itself (its processor ignored a time
         # limit): the batch went on under a new token, and the run's lease with it.
         self.ended_run = False
+        # Set by the item loop: writes the outcomes it has not written yet, on the
+        # connection given; called while an item has run a poll round or longer.
+        self.during_long_item: Callable[[Connection], None] | None = None
         self._finished = threading.Event()
         self._item: ItemContext | None = None
         # Orders the item's end (end_item) against the watcher's decisions about it.
@@ -69,10 +74,18 @@ class Watcher(threading.Thread):
                 row = self.connection.execute(self._look).one_or_none()
                 if row is None or row.status != BatchStatus.IN_PROGRESS or row.dispatch_token != self.token:
                     self._see_stop()
+                self._write_during_long_item()
             except Exception:  # a blip must not kill the watcher; the next round retries
                 log.warning("watcher of batch %s could not reach the database", self.batch_id, exc_info=True)
             if self._enforce_time_limit():
                 return  # the batch belongs to the next run now
+
+    def _write_during_long_item(self) -> None:
+        """Write the item loop's outcomes so far while its item in hand takes a while, so none waits for it."""
+        write, item = self.during_long_item, self._item
+        if write is not None and item is not None and time.monotonic() - item.started >= STOP_POLL_SECONDS:
+            with self.app.app_context():  # its live hint needs the app
+                write(self.connection)
 
     def _see_stop(self) -> None:
         with self._item_lock:
@@ -126,10 +139,11 @@ class Watcher(threading.Thread):
         batch_id, item_id = self.batch_id, ctx.pending.id
         try:
             with self.app.app_context():
-                queue_manager.restart_stalled_run(self.connection, batch_id, self.token, item_id, error, lines)
+                queue_repairs.restart_stalled_run(self.connection, batch_id, self.token, item_id, error, lines)
         except Exception:  # the database is out of reach: the next round tries again
             log.warning("batch %s: could not end its stalled run", self.batch_id, exc_info=True)
             return False
+        metrics.record_item(ctx.processor, ItemStatus.FAILED.value, time.monotonic() - ctx.started)
         self.ended_run = True
         self.stop_seen.set()
         if may_end_own_process:

@@ -1,0 +1,92 @@
+"""One render of the live table per change, shared by every open page of this web process.
+
+Many people keep the table open, and every committed change makes each open page re-fetch the table
+region at once. Rendered per request, N viewers cost N renders of the same rows (about 40 ms each with
+10,000 batches), and past a few dozen viewers the pages fall seconds behind while short batches run back
+to back. The region is the same for every viewer with the same role and filters: its one per-user part,
+the CSRF token, stays out of it (the page's `<meta name="csrf-token">`, added to a form as it is
+submitted by app.js). So this process renders it once and hands the same HTML to every request that may
+use it; requests that arrive during a render wait for that render instead of starting their own.
+
+A render may serve a request when it began no earlier than the newest hint the request knew of (the
+hint counter is read before the database, so such a render saw every change the request was told
+about) and is younger than `max_age`: a hint lost in Redis costs at most that much staleness, as the
+page's polling would. Correctness still comes from re-reading the database, never from the cache.
+The waiting reasons in the table turn on the service's health too, which moves no hint: the caller
+keys its renders by the health watcher's generation (app/live/health_watch.py), so a render from
+before the workers left or came back never serves a request made after.
+A `max_age` of 0 turns sharing off (bench.viewers measures against that).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+# Requests of different keys (roles, filters) render side by side; one key renders one at a time.
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class Render:
+    body: str
+    # The newest hint id when the render began reading, and when that was (the clock's time).
+    event_id: int
+    began_at: float
+
+
+class SharedRenders:
+    """The latest render of each key, reused by any request it is fresh enough for."""
+
+    def __init__(self, max_age: float = 1.0, max_keys: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self._clock = clock
+        self.max_keys = max_keys
+        self.renders_done = 0
+        self._latest: OrderedDict[Hashable, Render] = OrderedDict()
+        self._guard = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def get(
+        self,
+        key: Hashable,
+        known_event_id: int,
+        current_event_id: Callable[[], int],
+        render: Callable[[], str],
+    ) -> str:
+        """The region for `key`, as of `known_event_id` or later: a shared render, or a new one."""
+        if self.max_age <= 0:  # sharing turned off: every request renders its own
+            return render()
+        reusable = self._reusable(key, known_event_id)
+        if reusable is not None:
+            return reusable.body
+        with self._stripes[hash(key) % _LOCK_STRIPES]:
+            # Whoever held the lock may have just rendered what this request needs.
+            reusable = self._reusable(key, known_event_id)
+            if reusable is not None:
+                return reusable.body
+            began_at = self._clock()
+            event_id = current_event_id()
+            body = render()
+            self._keep(key, Render(body, event_id, began_at))
+            return body
+
+    def _reusable(self, key: Hashable, known_event_id: int) -> Render | None:
+        with self._guard:
+            latest = self._latest.get(key)
+        if latest is None or latest.event_id < known_event_id:
+            return None
+        if self._clock() - latest.began_at > self.max_age:
+            return None
+        return latest
+
+    def _keep(self, key: Hashable, latest: Render) -> None:
+        with self._guard:
+            self.renders_done += 1
+            self._latest[key] = latest
+            self._latest.move_to_end(key)
+            while len(self._latest) > self.max_keys:
+                self._latest.popitem(last=False)

@@ -1,0 +1,117 @@
+"""The table's live re-fetch is rendered once per change and shared between viewers of one role.
+
+It carries no CSRF token (a page's token is its own; app.js adds it to a form as it is submitted),
+never shows one role's controls to another, and shows a change as soon as its hint has been published.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import live
+from app.live.shared_render import SharedRenders
+from app.models import Role
+from app.services import events
+from tests.conftest import PASSWORD, make_user
+from tests.views.conftest import Factory
+
+HTMX = {"HX-Request": "true"}
+
+
+def signed_in(app: Flask, name: str, role: Role) -> FlaskClient:
+    make_user(app, name, role)
+    client = app.test_client()
+    assert client.post("/login", data={"username": name, "password": PASSWORD}).status_code == 302
+    return client
+
+
+def renders_done(app: Flask) -> int:
+    renders: SharedRenders = app.extensions["table_renders"]
+    return renders.renders_done
+
+
+def publish(app: Flask, batch_id: int) -> None:
+    with app.app_context():
+        events.publish("batch", batch_id)
+
+
+@pytest.fixture
+def queued(app: Flask, clean: None) -> Iterator[list[int]]:
+    make = Factory(app)
+    make.pause()
+    yield [make.batch("queued", n, name=f"q{n}") for n in range(1, 3)]
+
+
+@pytest.fixture
+def still(app: Flask, queued: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing outside the test moves a render's key: a hint or a health change from a worker an earlier
+    test left behind would rightly be a new render, and make a count of renders off by one."""
+    publish(app, queued[0])
+    with app.app_context():
+        hint_now = live.hub().current_event_id()
+        monkeypatch.setattr(live.hub(), "current_event_id", lambda: hint_now)
+    monkeypatch.setitem(app.extensions, "health_watch", SimpleNamespace(generation=0, served=lambda health: None))
+    renders: SharedRenders = app.extensions["table_renders"]
+    assert renders.max_age > 0, "the app shares renders as configured"
+    monkeypatch.setattr(renders, "max_age", 60.0)  # nor does a slow machine
+
+
+def test_the_live_region_has_no_token_and_the_page_has_one(client: FlaskClient, queued: list[int], csrf: None) -> None:
+    page = client.get("/batches").get_data(as_text=True)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+    assert token is not None
+    assert 'name="csrf_token"' in page.split('id="table-region"')[1]  # without JavaScript the forms carry it
+    region = client.get("/batches", headers=HTMX).get_data(as_text=True)
+    assert 'data-action="cancel"' in region
+    assert "csrf_token" not in region
+    # The page's token is what app.js adds to a form of the shared region.
+    response = client.post(f"/batches/{queued[1]}/cancel", data={"csrf_token": token.group(1)})
+    assert response.status_code == 302
+    assert f'data-batch-id="{queued[1]}" data-status="cancelled"' in client.get("/batches").get_data(as_text=True)
+    refused = client.post(f"/batches/{queued[0]}/cancel", data={}, follow_redirects=True)
+    assert "The form expired" in refused.get_data(as_text=True)
+
+
+def test_viewers_of_one_role_share_one_render_per_change(app: Flask, still: None) -> None:
+    first, second = signed_in(app, "olga", Role.OPERATOR), signed_in(app, "oscar", Role.OPERATOR)
+    before = renders_done(app)
+    body = first.get("/batches", headers=HTMX).get_data(as_text=True)
+    assert second.get("/batches", headers=HTMX).get_data(as_text=True) == body
+    assert renders_done(app) == before + 1
+    # Another query of the table is another render.
+    second.get("/batches?status=queued", headers=HTMX)
+    assert renders_done(app) == before + 2
+
+
+def test_a_role_never_sees_another_roles_render(app: Flask, queued: list[int]) -> None:
+    operator, viewer = signed_in(app, "olga", Role.OPERATOR), signed_in(app, "vera", Role.VIEWER)
+    publish(app, queued[0])
+    assert 'data-action="cancel"' in operator.get("/batches", headers=HTMX).get_data(as_text=True)
+    assert 'data-action="cancel"' not in viewer.get("/batches", headers=HTMX).get_data(as_text=True)
+
+
+def test_a_change_shows_in_the_first_fetch_after_its_hint(app: Flask, queued: list[int]) -> None:
+    operator = signed_in(app, "olga", Role.OPERATOR)
+    publish(app, queued[0])
+    assert 'data-batch-id="99"' not in operator.get("/batches", headers=HTMX).get_data(as_text=True)
+    Factory(app).batch("queued", 3, id=99, name="late")
+    publish(app, 99)
+    assert 'data-batch-id="99"' in operator.get("/batches", headers=HTMX).get_data(as_text=True)
+
+
+def test_a_health_change_is_a_new_render_though_no_queue_hint_came(app: Flask, still: None) -> None:
+    """The waiting reasons turn on the workers' health, which moves no queue hint: the watcher's generation does."""
+    viewer = signed_in(app, "hana", Role.VIEWER)
+    before = renders_done(app)
+    body = viewer.get("/batches", headers=HTMX).get_data(as_text=True)
+    assert viewer.get("/batches", headers=HTMX).get_data(as_text=True) == body
+    assert renders_done(app) == before + 1
+    app.extensions["health_watch"].generation += 1  # as the watcher does when health changes
+    viewer.get("/batches", headers=HTMX)
+    assert renders_done(app) == before + 2
