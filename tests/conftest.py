@@ -273,6 +273,8 @@ def clean(app: Flask) -> Iterator[None]:
 
 def reset_tables(app: Flask) -> None:
     """What `clean` does, for fixtures of a wider scope."""
+    # User ids start over: a session checked for the last test's user must not pass for this one's.
+    app.extensions["refetch_sessions"].clear()
     with app.app_context():
         _settle_runs()
         for attempt in range(3):

@@ -6,6 +6,7 @@ from flask import Blueprint, Flask, current_app
 
 from app.live.health_watch import HealthWatch
 from app.live.hub import Hub
+from app.live.recent_sessions import RecentSessions
 from app.live.shared_render import SharedRenders
 
 bp = Blueprint("live", __name__)
@@ -22,6 +23,8 @@ DEFAULTS = {
     "LIVE_HEALTH_SECONDS": 1.0,
     # The longest a render of the table region is handed to other viewers (app/live/shared_render.py).
     "LIVE_SHARED_RENDER_SECONDS": 1.0,
+    # How long a live re-fetch of the table takes its session as checked (app/live/recent_sessions.py).
+    "LIVE_REFETCH_SESSION_SECONDS": 1.0,
 }
 
 
@@ -33,6 +36,7 @@ def init_app(app: Flask) -> None:
     app.extensions["live_hub"] = live_hub
     app.extensions["health_watch"] = HealthWatch(app, live_hub, float(app.config["LIVE_HEALTH_SECONDS"]))
     app.extensions["table_renders"] = SharedRenders(max_age=float(app.config["LIVE_SHARED_RENDER_SECONDS"]))
+    app.extensions["refetch_sessions"] = RecentSessions(seconds=float(app.config["LIVE_REFETCH_SESSION_SECONDS"]))
     app.register_blueprint(bp)
 
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -30,6 +31,7 @@ from wtforms.validators import DataRequired, Length
 from app import access, logging_setup
 from app.access import public
 from app.errors import Forbidden
+from app.live.recent_sessions import RecentSessions
 from app.models import Role, User
 from app.services.accounts import SessionKey, authenticate_user, session_user
 
@@ -68,9 +70,24 @@ login_manager.anonymous_user = SignedOut
 
 @login_manager.user_loader
 def load_user(session_id: str) -> SignedIn | None:
+    if is_live_table_refetch():
+        # Every open table page asks at each change: a session checked a moment ago counts (live/recent_sessions.py).
+        recent: RecentSessions[SignedIn] = current_app.extensions["refetch_sessions"]
+        return recent.get(session_id, lambda: _check_session(session_id))
+    return _check_session(session_id)
+
+
+def _check_session(session_id: str) -> SignedIn | None:
     key = SessionKey.parse(session_id)
     user = session_user(key) if key is not None else None
     return SignedIn(user) if user is not None else None
+
+
+def is_live_table_refetch() -> bool:
+    """A page's re-fetch of the live table region (app.js, on a hint): a GET of the table by htmx."""
+    return (
+        request.method == "GET" and request.endpoint == "batches.index" and request.headers.get("HX-Request") == "true"
+    )
 
 
 @login_required
