@@ -65,6 +65,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+WEB_LOGS = ROOT / "var" / "bench-logs"
+
+
 def start_web(env: dict[str, str], port: int, app: str = "wsgi:app") -> subprocess.Popen[bytes]:
     """gunicorn as the Procfile runs it, serving `app` on `port`, ready once /login answers."""
     command = [
@@ -77,9 +80,14 @@ def start_web(env: dict[str, str], port: int, app: str = "wsgi:app") -> subproce
         "/dev/null",
         app,
     ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**env, "PORT": str(port)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # Its errors go to a file: a bench that hid a 500's traceback would leave only the client's side of it.
+    log = WEB_LOGS / f"web-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as errors:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**env, "PORT": str(port)}, stdout=subprocess.DEVNULL, stderr=errors
+        )
+    print(f"(web on port {port}: its log is {log.relative_to(ROOT)})", file=sys.stderr, flush=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -16,3 +16,9 @@ def read_snapshot() -> None:
     """End the request's transaction so far and begin one whose every read sees the same snapshot."""
     db.session.rollback()
     db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def release_connection() -> None:
+    """End the request's transaction and give its pooled connection back, before it waits on something
+    that may itself need a connection (app/views/batches.py: another viewer's render of the table)."""
+    db.session.close()

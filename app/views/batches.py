@@ -39,7 +39,7 @@ from app.schemas.batches import MoveForm
 from app.schemas.queue import PolicyForm
 from app.services import batches, callbacks, logs, profiles, queue_manager, screens
 from app.services.queue_tx import FailurePolicy
-from app.services.snapshots import read_snapshot
+from app.services.snapshots import read_snapshot, release_connection
 from app.views.auth import require_role
 from app.views.batch_form import (
     FormState,
@@ -123,6 +123,10 @@ def _shared_table_region(query: TableQuery) -> ResponseReturnValue:
     # The health generation: a render from before the workers left (or came back) shows the old waiting reasons.
     health = current_app.extensions["health_watch"].generation
     key = (current_user.role, url_for("batches.index", **query.url_args()), health)
+    # Give the pooled connection back (checking the session took one) before waiting for another viewer's
+    # render: that render reads through a connection of its own, and a pool held by its waiters left it
+    # none (at 200 viewers every request waited out the pool's 30 s timeout and failed).
+    release_connection()
     body = renders.get(key, g.event_id, live.hub().current_event_id, render)
     return body, 422 if query.errors else 200
 

@@ -6,17 +6,22 @@ never shows one role's controls to another, and shows a change as soon as its hi
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import live
+from app.extensions import db
 from app.live.shared_render import SharedRenders
 from app.models import Role
+from app.services import batches as batches_service
 from app.services import events
 from tests.conftest import PASSWORD, make_user
 from tests.views.conftest import Factory
@@ -115,3 +120,50 @@ def test_a_health_change_is_a_new_render_though_no_queue_hint_came(app: Flask, s
     app.extensions["health_watch"].generation += 1  # as the watcher does when health changes
     viewer.get("/batches", headers=HTMX)
     assert renders_done(app) == before + 2
+
+
+def test_a_viewer_waiting_for_anothers_render_holds_no_pooled_connection(
+    app: Flask, queued: list[int], another_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render reads through a connection of its own: waiters that kept theirs emptied the pool under it,
+    and with 200 viewers every request waited out the pool's timeout and failed."""
+    web = another_app(LIVE_REFETCH_SESSION_SECONDS=0)  # every re-fetch checks its session: takes a connection
+    make_user(app, "vic", Role.VIEWER)
+    clients = [web.test_client() for _ in range(2)]
+    for client in clients:
+        assert client.post("/login", data={"username": "vic", "password": PASSWORD}).status_code == 302
+    rendering, release, second_waits = threading.Event(), threading.Event(), threading.Event()
+    real_list = batches_service.list_batches
+
+    def slow_list(*args: Any, **kwargs: Any) -> Any:
+        rendering.set()
+        assert release.wait(10)
+        return real_list(*args, **kwargs)
+
+    renders: SharedRenders = web.extensions["table_renders"]
+    real_get = renders.get
+    calls = itertools.count()
+
+    def noted_get(*args: Any, **kwargs: Any) -> str:
+        if next(calls) == 1:
+            second_waits.set()
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(batches_service, "list_batches", slow_list)
+    monkeypatch.setattr(renders, "get", noted_get)
+    answers: list[int] = []
+    fetch = [
+        threading.Thread(target=lambda c=c: answers.append(c.get("/batches", headers=HTMX).status_code))
+        for c in clients
+    ]
+    fetch[0].start()
+    assert rendering.wait(10)
+    fetch[1].start()
+    assert second_waits.wait(10)
+    with web.app_context():
+        held = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+    release.set()
+    for thread in fetch:
+        thread.join(30)
+    assert held == 1, "only the render holds a connection"
+    assert answers == [200, 200]
