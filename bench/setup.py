@@ -8,6 +8,7 @@ and creates, so a run never touches the data of `make run`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,12 +64,27 @@ def prepare_database(server_url: str, name: str) -> str:
     return with_path(plain, f"/{name}")
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`) end a benchmark through its `finally` blocks.
+
+    Its workers and web servers run in sessions of their own (bench/processes.py), so a benchmark
+    killed outright left them running, still consuming its queue: the next run's figures were
+    measured against them too.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def bench_environment(database: str, redis_db: int, channel: str, **extra: str) -> dict[str, str]:
     """Prepare a migrated database and an empty Redis database; return the environment naming them.
 
     The environment is also applied to this process, so that create_app() here
     and the workers or web servers started with it see the same servers.
     """
+    exit_on_sigterm()
     server_url, redis_server = server_urls()
     redis_url = with_path(redis_server, f"/{redis_db}")
     redis.Redis.from_url(redis_url).flushdb()

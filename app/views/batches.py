@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -127,8 +128,14 @@ def _shared_table_region(query: TableQuery) -> ResponseReturnValue:
     # render: that render reads through a connection of its own, and a pool held by its waiters left it
     # none (at 200 viewers every request waited out the pool's 30 s timeout and failed).
     release_connection()
-    body = renders.get(key, g.event_id, live.hub().current_event_id, render)
-    return body, 422 if query.errors else 200
+    shared = renders.get_render(key, g.event_id, live.hub().current_event_id, render)
+    status = 422 if query.errors else 200
+    if request.accept_encodings["gzip"] > 0:  # compressed once per render, not once per viewer
+        response = Response(shared.gzipped, status, mimetype="text/html", headers={"Content-Encoding": "gzip"})
+    else:
+        response = Response(shared.body, status, mimetype="text/html")
+    response.vary.add("Accept-Encoding")
+    return response
 
 
 def _back_to_table() -> str:

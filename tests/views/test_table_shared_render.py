@@ -6,6 +6,7 @@ never shows one role's controls to another, and shows a change as soon as its hi
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import re
 import threading
@@ -141,16 +142,16 @@ def test_a_viewer_waiting_for_anothers_render_holds_no_pooled_connection(
         return real_list(*args, **kwargs)
 
     renders: SharedRenders = web.extensions["table_renders"]
-    real_get = renders.get
+    real_get = renders.get_render
     calls = itertools.count()
 
-    def noted_get(*args: Any, **kwargs: Any) -> str:
+    def noted_get(*args: Any, **kwargs: Any) -> Any:
         if next(calls) == 1:
             second_waits.set()
         return real_get(*args, **kwargs)
 
     monkeypatch.setattr(batches_service, "list_batches", slow_list)
-    monkeypatch.setattr(renders, "get", noted_get)
+    monkeypatch.setattr(renders, "get_render", noted_get)
     answers: list[int] = []
     fetch = [
         threading.Thread(target=lambda c=c: answers.append(c.get("/batches", headers=HTMX).status_code))
@@ -167,3 +168,19 @@ def test_a_viewer_waiting_for_anothers_render_holds_no_pooled_connection(
         thread.join(30)
     assert held == 1, "only the render holds a connection"
     assert answers == [200, 200]
+
+
+def test_the_region_is_sent_compressed_to_whoever_accepts_it_and_compressed_once(app: Flask, still: None) -> None:
+    client = signed_in(app, "carol", Role.VIEWER)
+    plain = client.get("/batches", headers=HTMX)
+    assert "Content-Encoding" not in plain.headers
+    assert "Accept-Encoding" in plain.headers["Vary"]
+    renders = renders_done(app)
+    packed = [client.get("/batches", headers={**HTMX, "Accept-Encoding": "gzip, deflate, br"}) for _ in range(2)]
+    assert [answer.headers["Content-Encoding"] for answer in packed] == ["gzip", "gzip"]
+    assert gzip.decompress(packed[0].get_data()).decode() == plain.get_data(as_text=True)
+    assert len(packed[0].get_data()) * 3 < len(plain.get_data())
+    assert renders_done(app) == renders  # the render the plain answer made, compressed for the others
+    stored: SharedRenders = app.extensions["table_renders"]
+    (render,) = [kept for kept in stored._latest.values() if kept.body == plain.get_data(as_text=True)]
+    assert render._gzipped == packed[1].get_data()  # kept with the render for the next viewer
