@@ -17,6 +17,8 @@ DEFAULTS = {
     "LIVE_MAX_STREAMS": 500,
     # A comment line this often keeps proxies from closing an idle stream.
     "LIVE_HEARTBEAT_SECONDS": 15.0,
+    # The hints that follow one within this long go out in one write (app/live/streams.py).
+    "LIVE_BURST_SECONDS": 0.05,
     # Streams end after this long; the browser reconnects (with Last-Event-ID) at once.
     "LIVE_STREAM_SECONDS": 300.0,
     # How often a process with open streams looks at the service's health (the banner).

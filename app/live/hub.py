@@ -49,6 +49,22 @@ class Mailbox:
         except queue.Empty:
             return None
 
+    def gather(self, seconds: float) -> tuple[list[dict[str, Any]], bool]:
+        """The hints that come within `seconds`, a repeat of one kept once (its latest); and whether
+        the stream was closed meanwhile."""
+        deadline = time.monotonic() + seconds
+        latest: dict[tuple[Any, Any], dict[str, Any]] = {}
+        while (left := deadline - time.monotonic()) > 0:
+            hint = self.get(timeout=left)
+            if hint is None:
+                break
+            if hint is CLOSED:
+                return list(latest.values()), True
+            key = (hint.get("kind"), hint.get("batch_id"))
+            latest.pop(key, None)  # a repeat moves to the end: its id is the newest
+            latest[key] = hint
+        return list(latest.values()), False
+
     def _drain(self) -> None:
         while True:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -48,13 +49,24 @@ def events() -> Response:
     db.session.remove()
     config = current_app.config
     body = _stream(
-        live_hub, mailbox, last_id, float(config["LIVE_HEARTBEAT_SECONDS"]), float(config["LIVE_STREAM_SECONDS"])
+        live_hub,
+        mailbox,
+        last_id,
+        float(config["LIVE_HEARTBEAT_SECONDS"]),
+        float(config["LIVE_STREAM_SECONDS"]),
+        float(config["LIVE_BURST_SECONDS"]),
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
     return Response(body, mimetype="text/event-stream", headers=headers)
 
 
-def _stream(live_hub: Hub, mailbox: Mailbox, last_id: int | None, heartbeat: float, lifetime: float) -> Iterator[str]:
+def _stream(
+    live_hub: Hub, mailbox: Mailbox, last_id: int | None, heartbeat: float, lifetime: float, burst_seconds: float
+) -> Iterator[str]:
+    """The stream's events. While changes come fast (short batches back to back: three or four hints
+    each), the hints that follow one within `burst_seconds` go out together in one write, a hint
+    repeated meanwhile once: at 200 open pages, a write per hint per page was most of what the web
+    process spent (docs/benchmarks.md, Viewers)."""
     try:
         yield f"retry: {RETRY_MS}\n\n"
         current = live_hub.current_event_id()
@@ -66,13 +78,26 @@ def _stream(live_hub: Hub, mailbox: Mailbox, last_id: int | None, heartbeat: flo
             hint = mailbox.get(timeout=min(heartbeat, remaining))
             if hint is CLOSED:
                 return
-            yield ": heartbeat\n\n" if hint is None else _event(hint)
+            if hint is None:
+                yield ": heartbeat\n\n"
+                continue
+            yield _event(hint)  # the first of a burst goes at once
+            burst, closed = mailbox.gather(burst_seconds)
+            if burst:
+                yield "".join(_event(more) for more in burst)
+            if closed:
+                return
     finally:
         live_hub.close(mailbox)
 
 
 def _event(hint: dict[str, Any]) -> str:
-    data = json.dumps({"kind": hint.get("kind"), "batch_id": hint.get("batch_id")})
-    event_id = hint.get("id")
+    return _event_text(hint.get("id"), hint.get("kind"), hint.get("batch_id"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _event_text(event_id: Any, kind: Any, batch_id: Any) -> str:
+    """One hint as an event, written once for every stream of the process that sends it."""
+    data = json.dumps({"kind": kind, "batch_id": batch_id})
     prefix = f"id: {event_id}\n" if event_id else ""
     return f"{prefix}event: batchq\ndata: {data}\n\n"

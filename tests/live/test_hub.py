@@ -7,6 +7,7 @@ tests/views/test_live_stream.py and tests/browser/.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import fakeredis
@@ -88,3 +89,29 @@ def test_shutdown_ends_every_stream(hub: Hub) -> None:
     hub.shutdown()
     reader.join(timeout=5)
     assert ended.is_set() and hub.open() is None
+
+
+def test_gather_takes_what_comes_within_its_window_a_repeat_once_at_its_latest() -> None:
+    mailbox = Mailbox()
+    for hint in [
+        {"id": 1, "kind": "item", "batch_id": 7},
+        {"id": 2, "kind": "promoted", "batch_id": 8},
+        {"id": 3, "kind": "item", "batch_id": 7},
+    ]:
+        mailbox.put(hint)
+    later = threading.Timer(0.05, mailbox.put, args=[{"id": 4, "kind": "finished", "batch_id": 7}])
+    later.start()
+    burst, closed = mailbox.gather(0.5)
+    later.join()
+    assert [hint["id"] for hint in burst] == [2, 3, 4]
+    assert not closed
+
+
+def test_gather_ends_its_window_early_when_the_stream_is_closed() -> None:
+    mailbox = Mailbox()
+    mailbox.put({"id": 1, "kind": "item", "batch_id": 7})
+    mailbox.put(CLOSED)
+    started = time.monotonic()
+    burst, closed = mailbox.gather(5.0)
+    assert closed and [hint["id"] for hint in burst] == [1]
+    assert time.monotonic() - started < 1.0

@@ -147,3 +147,26 @@ def test_hub_collapses_a_backlog_into_one_resync(app: Flask) -> None:
         mailbox.put({"id": index, "kind": "item", "batch_id": 1})
     assert mailbox.get(timeout=0.1) == {"kind": "resync", "batch_id": None}
     assert mailbox.get(timeout=0.05) is None
+
+
+def test_hints_that_follow_one_at_once_go_out_in_one_write() -> None:
+    """At 200 open pages a write per hint per page was most of what the web process spent."""
+    from app.live.hub import CLOSED, Mailbox
+    from app.live.streams import _stream
+
+    class OneHub:
+        def current_event_id(self) -> int:
+            return 0
+
+        def close(self, mailbox: Mailbox) -> None:
+            pass
+
+    mailbox = Mailbox()
+    for event_id, kind in enumerate(["promoted", "item", "item", "finished"], start=1):
+        mailbox.put({"id": event_id, "kind": kind, "batch_id": 3})
+    mailbox.put(CLOSED)
+    chunks = list(_stream(OneHub(), mailbox, None, heartbeat=5.0, lifetime=10.0, burst_seconds=1.0))  # type: ignore[arg-type]
+    assert chunks[0].startswith("retry:")
+    assert chunks[1] == 'id: 1\nevent: batchq\ndata: {"kind": "promoted", "batch_id": 3}\n\n'  # at once
+    assert len(chunks) == 3  # the rest in one write, the repeated item once (its latest)
+    assert [line for line in chunks[2].splitlines() if line.startswith("id:")] == ["id: 3", "id: 4"]
