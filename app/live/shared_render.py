@@ -71,18 +71,8 @@ class SharedRenders:
         known_event_id: int,
         current_event_id: Callable[[], int],
         render: Callable[[], str],
-    ) -> str:
-        """The region for `key`, as of `known_event_id` or later: a shared render, or a new one."""
-        return self.get_render(key, known_event_id, current_event_id, render).body
-
-    def get_render(
-        self,
-        key: Hashable,
-        known_event_id: int,
-        current_event_id: Callable[[], int],
-        render: Callable[[], str],
     ) -> Render:
-        """What `get` returns, with its compressed form at hand."""
+        """The region for `key`, as of `known_event_id` or later: a shared render, or a new one."""
         if self.max_age <= 0:  # sharing turned off: every request renders its own
             return Render(render(), known_event_id, self._clock())
         reusable = self._reusable(key, known_event_id)

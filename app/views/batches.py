@@ -128,7 +128,7 @@ def _shared_table_region(query: TableQuery) -> ResponseReturnValue:
     # render: that render reads through a connection of its own, and a pool held by its waiters left it
     # none (at 200 viewers every request waited out the pool's 30 s timeout and failed).
     release_connection()
-    shared = renders.get_render(key, g.event_id, live.hub().current_event_id, render)
+    shared = renders.get(key, g.event_id, live.hub().current_event_id, render)
     status = 422 if query.errors else 200
     if request.accept_encodings["gzip"] > 0:  # compressed once per render, not once per viewer
         response = Response(shared.gzipped, status, mimetype="text/html", headers={"Content-Encoding": "gzip"})

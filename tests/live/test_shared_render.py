@@ -21,7 +21,7 @@ def test_viewers_asking_at_once_share_one_render() -> None:
 
     def viewer() -> None:
         started.wait(10)
-        bodies.append(renders.get("key", 5, lambda: 5, render))
+        bodies.append(renders.get("key", 5, lambda: 5, render).body)
 
     threads = [threading.Thread(target=viewer) for _ in range(VIEWERS)]
     for thread in threads:
@@ -37,10 +37,10 @@ def test_viewers_asking_at_once_share_one_render() -> None:
 def test_a_viewer_told_of_a_newer_change_gets_a_new_render() -> None:
     renders = SharedRenders(max_age=60)
     seen = iter(["before", "after"])
-    assert renders.get("key", 1, lambda: 1, lambda: next(seen)) == "before"
-    assert renders.get("key", 1, lambda: 1, lambda: "unused") == "before"
+    assert renders.get("key", 1, lambda: 1, lambda: next(seen)).body == "before"
+    assert renders.get("key", 1, lambda: 1, lambda: "unused").body == "before"
     # The render began at hint 1: it can't show what hint 2 announced.
-    assert renders.get("key", 2, lambda: 2, lambda: next(seen)) == "after"
+    assert renders.get("key", 2, lambda: 2, lambda: next(seen)).body == "after"
     assert renders.renders_done == 2
 
 
@@ -48,23 +48,23 @@ def test_a_render_older_than_max_age_is_not_handed_out() -> None:
     """A hint lost in Redis leaves the counter where it was: age alone makes the table re-read."""
     clock = [100.0]
     renders = SharedRenders(max_age=1.0, clock=lambda: clock[0])
-    assert renders.get("key", 1, lambda: 1, lambda: "first") == "first"
+    assert renders.get("key", 1, lambda: 1, lambda: "first").body == "first"
     clock[0] += 0.9
-    assert renders.get("key", 1, lambda: 1, lambda: "unused") == "first"
+    assert renders.get("key", 1, lambda: 1, lambda: "unused").body == "first"
     clock[0] += 0.2
-    assert renders.get("key", 1, lambda: 1, lambda: "second") == "second"
+    assert renders.get("key", 1, lambda: 1, lambda: "second").body == "second"
 
 
 def test_max_age_zero_turns_sharing_off() -> None:
     renders = SharedRenders(max_age=0)
-    assert renders.get("key", 1, lambda: 1, lambda: "first") == "first"
-    assert renders.get("key", 1, lambda: 1, lambda: "second") == "second"
+    assert renders.get("key", 1, lambda: 1, lambda: "first").body == "first"
+    assert renders.get("key", 1, lambda: 1, lambda: "second").body == "second"
 
 
 def test_keys_render_apart_and_the_oldest_are_forgotten() -> None:
     renders = SharedRenders(max_age=60, max_keys=2)
-    assert renders.get(("viewer", "/batches"), 1, lambda: 1, lambda: "no controls") == "no controls"
-    assert renders.get(("operator", "/batches"), 1, lambda: 1, lambda: "controls") == "controls"
-    assert renders.get(("operator", "/batches?page=2"), 1, lambda: 1, lambda: "page 2") == "page 2"
-    assert renders.get(("operator", "/batches"), 1, lambda: 1, lambda: "unused") == "controls"
-    assert renders.get(("viewer", "/batches"), 1, lambda: 1, lambda: "again") == "again"
+    assert renders.get(("viewer", "/batches"), 1, lambda: 1, lambda: "no controls").body == "no controls"
+    assert renders.get(("operator", "/batches"), 1, lambda: 1, lambda: "controls").body == "controls"
+    assert renders.get(("operator", "/batches?page=2"), 1, lambda: 1, lambda: "page 2").body == "page 2"
+    assert renders.get(("operator", "/batches"), 1, lambda: 1, lambda: "unused").body == "controls"
+    assert renders.get(("viewer", "/batches"), 1, lambda: 1, lambda: "again").body == "again"

@@ -142,7 +142,7 @@ def test_a_viewer_waiting_for_anothers_render_holds_no_pooled_connection(
         return real_list(*args, **kwargs)
 
     renders: SharedRenders = web.extensions["table_renders"]
-    real_get = renders.get_render
+    real_get = renders.get
     calls = itertools.count()
 
     def noted_get(*args: Any, **kwargs: Any) -> Any:
@@ -151,7 +151,7 @@ def test_a_viewer_waiting_for_anothers_render_holds_no_pooled_connection(
         return real_get(*args, **kwargs)
 
     monkeypatch.setattr(batches_service, "list_batches", slow_list)
-    monkeypatch.setattr(renders, "get_render", noted_get)
+    monkeypatch.setattr(renders, "get", noted_get)
     answers: list[int] = []
     fetch = [
         threading.Thread(target=lambda c=c: answers.append(c.get("/batches", headers=HTMX).status_code))
