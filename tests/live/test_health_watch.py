@@ -19,9 +19,15 @@ from workers.liveness import ProcessLife
 
 
 @pytest.fixture
-def hub(app: Flask) -> Hub:
-    live_hub: Hub = app.extensions["live_hub"]
-    return live_hub
+def hub(app: Flask) -> Iterator[Hub]:
+    """A hub of the test's own, on a channel of its own.
+
+    Not the app's: the app is shared by the whole session, and its own watcher (started by any
+    earlier test's stream) would hint the same mailboxes when it sees the worker leave.
+    """
+    own_hub = Hub(app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"] + ":health-watch-test", max_streams=4)
+    yield own_hub
+    own_hub.shutdown()
 
 
 @pytest.fixture
