@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask import Flask
@@ -67,6 +69,47 @@ def test_a_full_cache_forgets_the_old_first() -> None:
     recent.get("a", lambda: "a")
     recent.get("b", lambda: "b")  # full: "old" is past its second and goes
     assert recent.get("a", lambda: "asked again") == "a"
+
+
+def test_requests_that_come_while_a_session_is_checked_take_that_check_s_answer() -> None:
+    """At each expiry, the re-fetches in flight all wanted the database at once: one check serves them."""
+    recent: RecentSessions[str] = RecentSessions(seconds=1.0, clock=Clock())
+    started, release = threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def slow_check() -> str:
+        asked.append("asked")
+        started.set()
+        assert release.wait(10)
+        return "alice"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(recent.get, "1:0", slow_check)
+        assert started.wait(10)
+        others = [pool.submit(recent.get, "1:0", slow_check) for _ in range(5)]
+        release.set()
+        answers = [first.result(10)] + [other.result(10) for other in others]
+    assert answers == ["alice"] * 6
+    assert asked == ["asked"]  # waiting for the check under way, or taking what it kept: never one more
+
+
+def test_when_the_check_under_way_fails_each_request_checks_for_itself() -> None:
+    recent: RecentSessions[str] = RecentSessions(seconds=1.0, clock=Clock())
+    started, release = threading.Event(), threading.Event()
+
+    def failing_check() -> str:
+        started.set()
+        assert release.wait(10)
+        raise ConnectionError("the database went away")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(recent.get, "1:0", failing_check)
+        assert started.wait(10)
+        second = pool.submit(recent.get, "1:0", lambda: "alice")
+        release.set()
+        with pytest.raises(ConnectionError):
+            first.result(10)
+        assert second.result(10) == "alice"
 
 
 @pytest.fixture
