@@ -17,14 +17,16 @@ DEFAULTS = {
     "LIVE_MAX_STREAMS": 500,
     # A comment line this often keeps proxies from closing an idle stream.
     "LIVE_HEARTBEAT_SECONDS": 15.0,
-    # The hints that follow one within this long go out in one write (app/live/streams.py).
-    "LIVE_BURST_SECONDS": 0.05,
+    # After a write, a stream waits this long and sends what came meanwhile in one write (app/live/streams.py).
+    "LIVE_BURST_SECONDS": 0.25,
     # Streams end after this long; the browser reconnects (with Last-Event-ID) at once.
     "LIVE_STREAM_SECONDS": 300.0,
     # How often a process with open streams looks at the service's health (the banner).
     "LIVE_HEALTH_SECONDS": 1.0,
     # The longest a render of the table region is handed to other viewers (app/live/shared_render.py).
     "LIVE_SHARED_RENDER_SECONDS": 1.0,
+    # The least time between two renders of one table region: changes faster than that share one.
+    "LIVE_RENDER_GAP_SECONDS": 0.2,
     # How long a live re-fetch of the table takes its session as checked (app/live/recent_sessions.py).
     "LIVE_REFETCH_SESSION_SECONDS": 1.0,
 }
@@ -37,7 +39,9 @@ def init_app(app: Flask) -> None:
     live_hub = Hub(app.config["REDIS_URL"], app.config["EVENTS_CHANNEL"], int(app.config["LIVE_MAX_STREAMS"]))
     app.extensions["live_hub"] = live_hub
     app.extensions["health_watch"] = HealthWatch(app, live_hub, float(app.config["LIVE_HEALTH_SECONDS"]))
-    app.extensions["table_renders"] = SharedRenders(max_age=float(app.config["LIVE_SHARED_RENDER_SECONDS"]))
+    app.extensions["table_renders"] = SharedRenders(
+        max_age=float(app.config["LIVE_SHARED_RENDER_SECONDS"]), min_gap=float(app.config["LIVE_RENDER_GAP_SECONDS"])
+    )
     app.extensions["refetch_sessions"] = RecentSessions(seconds=float(app.config["LIVE_REFETCH_SESSION_SECONDS"]))
     app.register_blueprint(bp)
 

@@ -49,21 +49,25 @@ class Mailbox:
         except queue.Empty:
             return None
 
-    def gather(self, seconds: float) -> tuple[list[dict[str, Any]], bool]:
-        """The hints that come within `seconds`, a repeat of one kept once (its latest); and whether
-        the stream was closed meanwhile."""
-        deadline = time.monotonic() + seconds
+    def take_all(self) -> tuple[list[dict[str, Any]], bool]:
+        """Every hint waiting, at once, a repeat of one kept once (its latest); and whether the stream
+        was closed. A stream calls it after waiting out its window: it wakes once per window, not once
+        per hint (app/live/streams.py)."""
+        if self._overflowed:
+            self._overflowed = False
+            self._drain()
+            return [{"kind": "resync", "batch_id": None}], False
         latest: dict[tuple[Any, Any], dict[str, Any]] = {}
-        while (left := deadline - time.monotonic()) > 0:
-            hint = self.get(timeout=left)
-            if hint is None:
-                break
+        while True:
+            try:
+                hint = self._queue.get_nowait()
+            except queue.Empty:
+                return list(latest.values()), False
             if hint is CLOSED:
                 return list(latest.values()), True
             key = (hint.get("kind"), hint.get("batch_id"))
             latest.pop(key, None)  # a repeat moves to the end: its id is the newest
             latest[key] = hint
-        return list(latest.values()), False
 
     def _drain(self) -> None:
         while True:

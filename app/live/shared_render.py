@@ -16,6 +16,12 @@ The waiting reasons in the table turn on the service's health too, which moves n
 keys its renders by the health watcher's generation (app/live/health_watch.py), so a render from
 before the workers left or came back never serves a request made after.
 A `max_age` of 0 turns sharing off (bench.viewers measures against that).
+
+While changes come faster than renders (short batches back to back: a hundred hints a second), a
+render for every newer hint kept the process rendering back to back, 50 rows about 50 ms each, and
+every viewer's fetch queued behind them. So a key renders at most once per `min_gap` (0.2 s): a
+request told of a newer change waits out the rest of the gap, then takes the next render with every
+other request that came meanwhile. The table's pages re-fetch at most twice a second anyway.
 """
 
 from __future__ import annotations
@@ -56,9 +62,19 @@ class Render:
 class SharedRenders:
     """The latest render of each key, reused by any request it is fresh enough for."""
 
-    def __init__(self, max_age: float = 1.0, max_keys: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_age: float = 1.0,
+        max_keys: int = 256,
+        min_gap: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
         self.max_age = max_age
+        self.min_gap = min_gap
         self._clock = clock
+        # Looked up at each call unless given: gevent's patched sleep when the web process runs on it.
+        self._sleep = sleep or (lambda seconds: time.sleep(seconds))
         self.max_keys = max_keys
         self.renders_done = 0
         self._latest: OrderedDict[Hashable, Render] = OrderedDict()
@@ -83,6 +99,10 @@ class SharedRenders:
             reusable = self._reusable(key, known_event_id)
             if reusable is not None:
                 return reusable
+            with self._guard:
+                latest = self._latest.get(key)
+            if latest is not None and (wait := latest.began_at + self.min_gap - self._clock()) > 0:
+                self._sleep(wait)  # holding the key's lock: those who come meanwhile take this render too
             began_at = self._clock()
             event_id = current_event_id()
             fresh = Render(render(), event_id, began_at)

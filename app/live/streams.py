@@ -63,10 +63,12 @@ def events() -> Response:
 def _stream(
     live_hub: Hub, mailbox: Mailbox, last_id: int | None, heartbeat: float, lifetime: float, burst_seconds: float
 ) -> Iterator[str]:
-    """The stream's events. While changes come fast (short batches back to back: three or four hints
-    each), the hints that follow one within `burst_seconds` go out together in one write, a hint
-    repeated meanwhile once: at 200 open pages, a write per hint per page was most of what the web
-    process spent (docs/benchmarks.md, Viewers)."""
+    """The stream's events. The first hint after a quiet spell goes at once; while changes keep
+    coming (short batches back to back: three or four hints each), the stream sleeps out
+    `burst_seconds` after each write and then writes what came meanwhile in one go, a repeated hint
+    once. At 200 open pages, waking and writing once per hint per page was most of what the web
+    process spent (docs/benchmarks.md, Viewers), and a page re-fetches once for a write of several
+    hints as for one."""
     try:
         yield f"retry: {RETRY_MS}\n\n"
         current = live_hub.current_event_id()
@@ -81,12 +83,17 @@ def _stream(
             if hint is None:
                 yield ": heartbeat\n\n"
                 continue
-            yield _event(hint)  # the first of a burst goes at once
-            burst, closed = mailbox.gather(burst_seconds)
-            if burst:
-                yield "".join(_event(more) for more in burst)
-            if closed:
-                return
+            yield _event(hint)  # the first hint after a quiet spell goes at once
+            while True:  # then at most one write per `burst_seconds` while hints keep coming
+                if live_hub.closing.wait(burst_seconds):  # the process is stopping
+                    return
+                burst, closed = mailbox.take_all()
+                if burst:
+                    yield "".join(_event(more) for more in burst)
+                if closed:
+                    return
+                if not burst:
+                    break
     finally:
         live_hub.close(mailbox)
 

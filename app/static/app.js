@@ -16,6 +16,9 @@
   var body = document.body;
   // Progress-only hints refresh at most this often (the table asks for 1 s: many keep it open).
   var ITEM_GAP_MS = Number(body.dataset.liveItemGap) || 300;
+  // Any refresh starts at least this long after the one before started (the table asks for some:
+  // while short batches rush by, every open table re-fetching at every change swamps the server).
+  var GAP_MS = Number(body.dataset.liveGap) || 0;
 
   function setState(mode, text) {
     body.dataset.live = mode;
@@ -46,6 +49,7 @@
   var busy = false;
   var pending = null;     // {all: bool, hints: [], itemOnly: bool}
   var lastDone = 0;
+  var lastStart = 0;
   var gapTimer = null;
 
   function note(hint) {
@@ -74,7 +78,10 @@
       url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + (last ? last.dataset.logId || 0 : 0);
       return htmx.ajax("GET", url, {source: el, target: el, swap: "beforeend"});
     }
-    return htmx.ajax("GET", url, {source: el, target: el, swap: "innerMorph"});
+    // The newest hint the page was told of: the server hands it a shared render at least that new
+    // without asking Redis for the counter on every re-fetch (app/views/batches.py).
+    var headers = lastId ? {"X-Live-Event-Id": lastId} : {};
+    return htmx.ajax("GET", url, {source: el, target: el, swap: "innerMorph", headers: headers});
   }
 
   // refresh(hint) notes a hint (null: everything) and runs; refresh() only runs what is pending.
@@ -85,7 +92,8 @@
     if (pending && body.dataset.dragging) { body.dataset.liveHeld = "true"; return; }
     if (!pending || busy || gapTimer) return;
     delete body.dataset.liveHeld;
-    var wait = pending.itemOnly ? lastDone + ITEM_GAP_MS - Date.now() : 0;
+    var now = Date.now();
+    var wait = Math.max(pending.itemOnly ? lastDone + ITEM_GAP_MS - now : 0, lastStart + GAP_MS - now);
     if (wait > 0) {
       gapTimer = setTimeout(function () { gapTimer = null; refresh(); }, wait);
       return;
@@ -93,6 +101,7 @@
     var batch = pending;
     pending = null;
     busy = true;
+    lastStart = Date.now();
     var regions = Array.prototype.filter.call(document.querySelectorAll("[data-live-src]"), function (el) {
       return wants(el, batch);
     });

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
 from typing import Any
 
 from flask import Flask
@@ -190,3 +192,31 @@ def test_page_polls_when_the_stream_is_refused(page: Page, app: Flask) -> None:
         assert page.locator("body").get_attribute("data-live") == "polling"
     finally:
         hub.max_streams = saved
+
+
+def test_the_table_refreshes_at_most_once_per_its_gap_while_changes_keep_coming(page: Page, app: Flask) -> None:
+    """Many keep the table open while short batches rush by: each page re-fetches at most once per
+    `data-live-gap`, whatever the number of hints, and still shows the last change."""
+    make = Factory(app)
+    first = make.batch("queued", 1)
+    open_table(page)
+    gap_ms = int(page.locator("body").get_attribute("data-live-gap") or 0)
+    assert gap_ms > 0
+    with app.app_context():
+        for _ in range(20):  # a status hint every 50 ms for a second: a change each, as far as the page knows
+            events.publish("moved", first)
+            time.sleep(0.05)
+        db.session.remove()
+    last = make.batch("queued", 2)
+    with app.app_context():
+        events.publish("created", last)
+    expect(row(page, last)).to_be_visible(timeout=LIVE_MS)
+    starts = page.evaluate(
+        """() => performance.getEntriesByType("resource")
+            .filter((entry) => entry.initiatorType === "fetch" && new URL(entry.name).pathname === "/batches")
+            .map((entry) => entry.startTime)"""
+    )
+    assert len(starts) >= 2  # it did re-fetch while the hints came
+    spacings = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert min(spacings) >= gap_ms - 20, spacings  # a clock's tick of slack between Date.now and the entries
+    assert page.locator("body").get_attribute("data-live") == "sse"

@@ -7,7 +7,6 @@ tests/views/test_live_stream.py and tests/browser/.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import fakeredis
@@ -91,27 +90,32 @@ def test_shutdown_ends_every_stream(hub: Hub) -> None:
     assert ended.is_set() and hub.open() is None
 
 
-def test_gather_takes_what_comes_within_its_window_a_repeat_once_at_its_latest() -> None:
+def test_take_all_takes_every_hint_waiting_a_repeat_once_at_its_latest() -> None:
     mailbox = Mailbox()
     for hint in [
         {"id": 1, "kind": "item", "batch_id": 7},
         {"id": 2, "kind": "promoted", "batch_id": 8},
         {"id": 3, "kind": "item", "batch_id": 7},
+        {"id": 4, "kind": "finished", "batch_id": 7},
     ]:
         mailbox.put(hint)
-    later = threading.Timer(0.05, mailbox.put, args=[{"id": 4, "kind": "finished", "batch_id": 7}])
-    later.start()
-    burst, closed = mailbox.gather(0.5)
-    later.join()
+    burst, closed = mailbox.take_all()
     assert [hint["id"] for hint in burst] == [2, 3, 4]
     assert not closed
+    assert mailbox.take_all() == ([], False)  # nothing waits: it returns at once, empty
 
 
-def test_gather_ends_its_window_early_when_the_stream_is_closed() -> None:
+def test_take_all_says_when_the_stream_was_closed() -> None:
     mailbox = Mailbox()
     mailbox.put({"id": 1, "kind": "item", "batch_id": 7})
     mailbox.put(CLOSED)
-    started = time.monotonic()
-    burst, closed = mailbox.gather(5.0)
+    burst, closed = mailbox.take_all()
     assert closed and [hint["id"] for hint in burst] == [1]
-    assert time.monotonic() - started < 1.0
+
+
+def test_take_all_turns_a_backlog_into_one_resync() -> None:
+    mailbox = Mailbox()
+    for index in range(MAILBOX_SIZE + 5):
+        mailbox.put({"id": index, "kind": "item", "batch_id": 7})
+    assert mailbox.take_all() == ([{"kind": "resync", "batch_id": None}], False)
+    assert mailbox.take_all() == ([], False)

@@ -68,3 +68,27 @@ def test_keys_render_apart_and_the_oldest_are_forgotten() -> None:
     assert renders.get(("operator", "/batches?page=2"), 1, lambda: 1, lambda: "page 2").body == "page 2"
     assert renders.get(("operator", "/batches"), 1, lambda: 1, lambda: "unused").body == "controls"
     assert renders.get(("viewer", "/batches"), 1, lambda: 1, lambda: "again").body == "again"
+
+
+def test_a_key_renders_at_most_once_per_its_gap() -> None:
+    """Changes faster than renders kept the process rendering back to back: the next render waits out the gap."""
+    clock = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+        clock[0] += seconds
+
+    renders = SharedRenders(max_age=60, min_gap=0.2, clock=lambda: clock[0], sleep=sleep)
+    assert renders.get("key", 1, lambda: 1, lambda: "first").body == "first"
+    clock[0] += 0.05
+    # Told of hint 2, 50 ms after the first render began: it waits the other 150 ms, then renders.
+    fresh = renders.get("key", 2, lambda: 2, lambda: "second")
+    assert (fresh.body, slept, fresh.began_at) == ("second", [0.15], 100.2)
+    clock[0] += 0.5
+    # Past the gap: at once.
+    assert renders.get("key", 3, lambda: 3, lambda: "third").body == "third"
+    assert slept == [0.15]
+    # Another key has a gap of its own.
+    assert renders.get("other", 3, lambda: 3, lambda: "other").body == "other"
+    assert slept == [0.15] and renders.renders_done == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -149,24 +150,67 @@ def test_hub_collapses_a_backlog_into_one_resync(app: Flask) -> None:
     assert mailbox.get(timeout=0.05) is None
 
 
+class OneHub:
+    """A hub for `_stream` alone: no Redis; its window waits return at once and are recorded in `calls`."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.closing = self
+
+    def current_event_id(self) -> int:
+        return 0
+
+    def close(self, mailbox: Any) -> None:
+        pass
+
+    def wait(self, seconds: float) -> bool:  # hub.closing.wait: the window, not cut short by a shutdown
+        self.calls.append(f"wait {seconds}")
+        return False
+
+
 def test_hints_that_follow_one_at_once_go_out_in_one_write() -> None:
     """At 200 open pages a write per hint per page was most of what the web process spent."""
     from app.live.hub import CLOSED, Mailbox
     from app.live.streams import _stream
 
-    class OneHub:
-        def current_event_id(self) -> int:
-            return 0
-
-        def close(self, mailbox: Mailbox) -> None:
-            pass
-
     mailbox = Mailbox()
     for event_id, kind in enumerate(["promoted", "item", "item", "finished"], start=1):
         mailbox.put({"id": event_id, "kind": kind, "batch_id": 3})
     mailbox.put(CLOSED)
-    chunks = list(_stream(OneHub(), mailbox, None, heartbeat=5.0, lifetime=10.0, burst_seconds=1.0))  # type: ignore[arg-type]
+    calls: list[str] = []
+    chunks = list(_stream(OneHub(calls), mailbox, None, heartbeat=5.0, lifetime=10.0, burst_seconds=1.0))  # type: ignore[arg-type]
     assert chunks[0].startswith("retry:")
     assert chunks[1] == 'id: 1\nevent: batchq\ndata: {"kind": "promoted", "batch_id": 3}\n\n'  # at once
-    assert len(chunks) == 3  # the rest in one write, the repeated item once (its latest)
+    assert len(chunks) == 3  # the rest in one write after the window, the repeated item once (its latest)
     assert [line for line in chunks[2].splitlines() if line.startswith("id:")] == ["id: 3", "id: 4"]
+    assert calls == ["wait 1.0"]
+
+
+def test_while_hints_keep_coming_a_stream_writes_once_per_window() -> None:
+    """Each write after the first waits out a window of its own: a busy queue costs a page a few writes a
+    second, and the stream wakes once per window, never once per hint."""
+    from app.live.hub import CLOSED
+    from app.live.streams import _stream
+
+    class ScriptedMailbox:
+        """Hints come in every window, two windows on end, then none."""
+
+        def __init__(self, calls: list[str]) -> None:
+            self.calls = calls
+            self.windows = [[{"id": 2, "kind": "item", "batch_id": 3}], [{"id": 3, "kind": "finished", "batch_id": 3}]]
+
+        def get(self, timeout: float) -> dict[str, Any] | None:
+            self.calls.append("get")
+            return {"id": 1, "kind": "promoted", "batch_id": 3} if self.calls == ["get"] else CLOSED
+
+        def take_all(self) -> tuple[list[dict[str, Any]], bool]:
+            self.calls.append("take")
+            return (self.windows.pop(0) if self.windows else []), False
+
+    calls: list[str] = []
+    chunks = list(_stream(OneHub(calls), ScriptedMailbox(calls), None, heartbeat=5.0, lifetime=10.0, burst_seconds=0.2))  # type: ignore[arg-type]
+    ids = [line for chunk in chunks for line in chunk.splitlines() if line.startswith("id:")]
+    assert ids == ["id: 1", "id: 2", "id: 3"]
+    assert len(chunks) == 4  # retry, then one write per window that had hints
+    # Every write after the first followed a window; a window without hints ended the run of windows.
+    assert calls == ["get", "wait 0.2", "take", "wait 0.2", "take", "wait 0.2", "take", "get"]

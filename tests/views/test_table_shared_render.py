@@ -111,6 +111,34 @@ def test_a_change_shows_in_the_first_fetch_after_its_hint(app: Flask, queued: li
     assert 'data-batch-id="99"' in operator.get("/batches", headers=HTMX).get_data(as_text=True)
 
 
+def test_a_refetch_that_says_which_hint_it_was_told_of_is_served_without_asking_redis(
+    app: Flask, still: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open page re-fetches at each change: the hint's id comes with it, not from a Redis round trip each."""
+    viewer = signed_in(app, "tess", Role.VIEWER)
+    hub = app.extensions["live_hub"]
+    hint_now = hub.current_event_id()
+    viewer.get("/batches", headers=HTMX)  # the render as of hint_now
+    asked: list[str] = []
+    monkeypatch.setattr(hub, "current_event_id", lambda: asked.append("asked") or hint_now)
+    before = renders_done(app)
+    told = {**HTMX, "X-Live-Event-Id": str(hint_now)}
+    assert viewer.get("/batches", headers=told).status_code == 200
+    assert (renders_done(app), asked) == (before, [])  # the shared render, and Redis never asked
+    # Told of a newer hint than any render shows: a new render (which reads the counter itself, once).
+    assert viewer.get("/batches", headers={**HTMX, "X-Live-Event-Id": str(hint_now + 1)}).status_code == 200
+    assert (renders_done(app), asked) == (before + 1, ["asked"])
+    # Not a number, too long to be one, or not a live re-fetch: the counter is read as before.
+    for headers in (
+        {**HTMX, "X-Live-Event-Id": "12x"},
+        {**HTMX, "X-Live-Event-Id": "9" * 40},
+        {"X-Live-Event-Id": "1"},
+    ):
+        asked.clear()
+        assert viewer.get("/batches", headers=headers).status_code == 200
+        assert asked == ["asked"], headers
+
+
 def test_a_health_change_is_a_new_render_though_no_queue_hint_came(app: Flask, still: None) -> None:
     """The waiting reasons turn on the workers' health, which moves no queue hint: the watcher's generation does."""
     viewer = signed_in(app, "hana", Role.VIEWER)
