@@ -13,7 +13,8 @@ completion-webhook sender of workers/callbacks.py):
   timer, not a task, it stays out of Flower's task list. With RETENTION_DAYS
   set, the same timer purges old finished batches, at most once an hour
   (app/services/retention.py: `Schedule`), after the round and outside its
-  transaction: the purge never holds the queue lock.
+  transaction: the purge never holds the queue lock. The timer also folds the
+  batches' status counts into one row per status (app/services/status_counts.py).
 
 A graceful stop deletes the record; a killed process's record ages out.
 """
@@ -34,7 +35,7 @@ from sqlalchemy import Connection
 
 from app.extensions import db
 from app.models.processes import BEAT, WORKER
-from app.services import liveness, queue_repairs, retention
+from app.services import liveness, queue_repairs, retention, status_counts
 from app.services.liveness import ProcessRecord
 from workers.callbacks import CallbackSender
 
@@ -109,7 +110,15 @@ class ProcessLife:
                 )
         except Exception:
             log.warning("repair round failed; the next one retries", exc_info=True)
+        self._compact_counts()
         self._purge()
+
+    def _compact_counts(self) -> None:
+        try:
+            with self.flask_app.app_context():
+                status_counts.compact()
+        except Exception:
+            log.warning("folding the status counts failed; the next round retries", exc_info=True)
 
     def _purge(self) -> None:
         try:

@@ -21,15 +21,16 @@ from app.models.batches import RUNNING_SLOT
 from app.models.processes import BEAT, WORKER
 from app.models.queue_state import QUEUE_STATE_ID
 from app.services.liveness import HEARTBEAT_SECONDS, MISSED_BEATS
+from app.services.status_counts import COUNTS_BY_STATUS
 
 # One statement, so every gauge comes from one snapshot. The counts by status
-# are an index-only scan of batch_status (bench/metrics.py times it at 100,000
-# batches); the rest reads one row each.
+# are the database's own, kept as batches change (app/services/status_counts.py):
+# a few rows, at any number of batches; the rest reads one row each.
 _SNAPSHOT = text(
     f"""
     SELECT
         (SELECT coalesce(json_object_agg(status, n), '{{}}') FROM (
-            SELECT status, count(*) AS n FROM batches GROUP BY status
+            {COUNTS_BY_STATUS}
         ) AS counted) AS by_status,
         (SELECT paused FROM queue_state WHERE id = :queue_id) AS paused,
         (SELECT extract(epoch FROM now() - started_at) FROM batches
