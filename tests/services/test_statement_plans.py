@@ -23,9 +23,12 @@ from app.models import Batch
 from app.models.batches import RUNNING_SLOT
 from app.services import batches, queue_create, queue_statements
 
-# Each statement with the partial indexes its generic plan must use.
+# Each statement with the partial indexes its generic plan must use; "a|b": either will do (two partial
+# indexes with the same predicate: on the test's small tables the planner's pick between them turns on
+# what the tables hold at the moment, and either proves the statuses without a scan).
+FINISHED_IN_ORDER = "batch_finished_at|batch_recent_finished"
 PLANS: dict[str, tuple[ClauseElement, set[str]]] = {
-    "PROMOTE_HEAD": (queue_statements.PROMOTE_HEAD, {"batch_one_running", "batch_finished_at"}),
+    "PROMOTE_HEAD": (queue_statements.PROMOTE_HEAD, {"batch_one_running", FINISHED_IN_ORDER}),
     "PROMOTE_HEAD_UNLESS_FAILING": (queue_statements.PROMOTE_HEAD_UNLESS_FAILING, {"batch_one_running"}),
     "PAUSE_DRAINED": (queue_statements.PAUSE_DRAINED, {"batch_one_running"}),
     "CREATE_BATCH": (queue_create.CREATE_BATCH, {"batch_one_running"}),
@@ -71,4 +74,5 @@ def test_a_prepared_statement_still_reads_its_partial_indexes(connection: Connec
     statement, indexes = PLANS[name]
     plan = generic_plan(connection, statement)
     used = set(re.findall(r"(?:\busing|Bitmap Index Scan on) (\w+)", plan))
-    assert indexes <= used, f"{name}'s generic plan uses {sorted(used)}:\n{plan}"
+    missing = [index for index in indexes if not used & set(index.split("|"))]
+    assert not missing, f"{name}'s generic plan uses {sorted(used)}, not {missing}:\n{plan}"
