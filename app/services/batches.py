@@ -19,7 +19,7 @@ from app.extensions import db
 from app.models import RUNNING_STATUSES, ApiToken, Batch, BatchItem
 from app.models.batches import RUNNING_SLOT, queued_ahead
 from app.schemas.batches import MAX_PROFILES
-from app.services import queue_manager, storable_id
+from app.services import queue_manager, status_counts, storable_id
 from app.services.pages import Page, paginate
 from app.services.profiles import ids_by_tags, lock_live_profiles
 from app.services.queue_manager import NewBatch
@@ -126,6 +126,11 @@ class BatchFilter:
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # exclusive
 
+    @property
+    def by_status_only(self) -> bool:
+        """Narrowed by status at most: its total is the database's kept counts (app/services/status_counts.py)."""
+        return not (self.q or self.processor or self.created_by or self.created_after or self.created_before)
+
     def conditions(self) -> list[Any]:
         found: list[Any] = []
         if self.q:
@@ -148,11 +153,20 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _total(filters: BatchFilter, conditions: list[Any]) -> int:
+    """How many batches the listing holds. Counting them read one index entry per batch (45 ms of the
+    table's first page at a million); by status alone, the counts the database keeps say it at once."""
+    if filters.by_status_only:
+        kept = status_counts.counts()
+        return sum(kept.get(status, 0) for status in (filters.statuses or kept))
+    return db.session.scalar(select(func.count()).select_from(Batch).where(*conditions)) or 0
+
+
 def list_batches(page: int, per_page: int, filters: BatchFilter | None = None) -> Page[Batch]:
     """List batches in table order (the running batch, the queue in order, the rest newest first), filtered."""
     conditions = filters.conditions() if filters is not None else []
     offset = (page - 1) * per_page
-    total = db.session.scalar(select(func.count()).select_from(Batch).where(*conditions)) or 0
+    total = _total(filters or BatchFilter(), conditions)
     items = list(db.session.scalars(_table_page(conditions, offset, per_page)))
     listing = Page(items=items, total=total, page=page, per_page=per_page)
     if conditions:
