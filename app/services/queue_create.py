@@ -32,6 +32,7 @@ from app.models import Batch
 from app.models.queue_state import QUEUE_STATE_ID
 from app.services import queue_ranks, queue_tx
 from app.services.queue_statements import SLOT_TAKEN, statement
+from app.services.status_counts import count_of
 
 if TYPE_CHECKING:
     from app.services.queue_manager import NewBatch
@@ -64,7 +65,7 @@ CREATE_BATCH = statement(
         SELECT created.id, :now, 'info', :message FROM created
     )
     SELECT created.*,
-        (SELECT count(*) FROM batches WHERE queue_rank IS NOT NULL) + 1 AS position,
+        {count_of("status_queued")} + 1 AS position,
         {SLOT_TAKEN} AS busy
     FROM created
     """

@@ -13,7 +13,8 @@ from __future__ import annotations
 from sqlalchemy import func, select, text, update
 
 from app.extensions import db
-from app.models import Batch
+from app.models import Batch, BatchStatus
+from app.services import status_counts
 
 # Space between the ranks of consecutive batches: room for 32 moves between the
 # same two neighbours before the ranks around them must be spread out again.
@@ -35,8 +36,8 @@ _RENUMBER = text(
 
 
 def queued_count() -> int:
-    """How many batches are queued."""
-    return db.session.scalar(select(func.count()).where(Batch.queue_rank.is_not(None))) or 0
+    """How many batches are queued: the count the database keeps, not one index entry per queued batch read."""
+    return status_counts.count(BatchStatus.QUEUED.value)
 
 
 def rank_at_end() -> int:

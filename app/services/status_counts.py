@@ -29,6 +29,16 @@ _COMPACT = text(
 )
 
 
+def count_of(status_parameter: str) -> str:
+    """A scalar subquery: the batches in the status bound as `status_parameter`, for statements of others."""
+    return f"(SELECT coalesce(sum(delta), 0) FROM batch_status_changes WHERE status = :{status_parameter})"
+
+
+def count(status: str) -> int:
+    """The batches in one status (in the caller's app context and transaction)."""
+    return int(db.session.scalar(text(f"SELECT {count_of('status')}"), {"status": status}) or 0)
+
+
 def counts() -> dict[str, int]:
     """Batches by status, the statuses with none left out (in the caller's app context and transaction)."""
     rows = db.session.execute(text(f"{COUNTS_BY_STATUS} HAVING sum(delta) <> 0")).all()
