@@ -91,6 +91,9 @@ class Hub:
         self._pid = 0
         self._closing = threading.Event()
         self.connected = threading.Event()
+        # The newest hint id this process has relayed: a page's re-fetch that says it was told of one
+        # at most this new is believed without asking Redis (app/views/batches.py).
+        self.latest_id = 0
 
     @property
     def open_streams(self) -> int:
@@ -173,7 +176,10 @@ class Hub:
             while not self._closing.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message":
-                    self.broadcast(_parse(message["data"]))
+                    hint = _parse(message["data"])
+                    if isinstance(hint.get("id"), int) and hint["id"] > self.latest_id:
+                        self.latest_id = hint["id"]
+                    self.broadcast(hint)
         finally:
             pubsub.close()
 

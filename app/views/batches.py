@@ -74,9 +74,12 @@ def read_event_id() -> None:
     # Read the hint counter before the database, so a change landing in between is caught up.
     # A page's live re-fetch says which hint it was told of: a render that new shows it everything
     # it was told about, and every open page re-fetching at each change spares Redis a round trip each.
+    # A number past what this process has relayed (another process's stream was quicker, or the number
+    # is made up) is held to the counter itself: no render can be newer, and none is waited for in vain.
     told = request.headers.get(LIVE_EVENT_HEADER, "")
     if _EVENT_ID.fullmatch(told) and is_live_table_refetch():
-        g.event_id = int(told)
+        hub = live.hub()
+        g.event_id = int(told) if int(told) <= hub.latest_id else min(int(told), hub.current_event_id())
     else:
         g.event_id = live.hub().current_event_id()
 

@@ -119,3 +119,16 @@ def test_take_all_turns_a_backlog_into_one_resync() -> None:
         mailbox.put({"id": index, "kind": "item", "batch_id": 7})
     assert mailbox.take_all() == ([{"kind": "resync", "batch_id": None}], False)
     assert mailbox.take_all() == ([], False)
+
+
+def test_the_hub_remembers_the_newest_hint_id_it_relayed(hub: Hub) -> None:
+    """A page's re-fetch told of a hint at most this new is believed without asking Redis."""
+    mailbox = _subscribed(hub)
+    assert hub.latest_id == 0
+    for hint_id in (3, 7, 5):  # out of order: the newest stays
+        hub._client.publish(CHANNEL, f'{{"id": {hint_id}, "kind": "moved", "batch_id": 1}}')
+    assert [mailbox.get(timeout=5)["id"] for _ in range(3)] == [3, 7, 5]  # type: ignore[index]
+    assert hub.latest_id == 7
+    hub._client.publish(CHANNEL, "not json")  # a resync: no id, nothing changes
+    assert mailbox.get(timeout=5) == {"kind": "resync", "batch_id": None}
+    assert hub.latest_id == 7
