@@ -341,7 +341,7 @@ def stop(batch_id: int, actor: str) -> Batch:
 def cancel(batch_id: int, actor: str) -> Batch:
     """Remove a queued batch from the queue; the batches behind it move up."""
     with queue_change() as change:
-        batch = locked_batch(batch_id)
+        batch = locked_batch(batch_id, with_position=False)
         transition(batch, Action.CANCEL)
         batch.queue_rank = None
         batch.finished_at = utcnow()

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import defer
 
 from app import metrics
 from app.errors import NotFound
@@ -126,11 +127,15 @@ def set_draining(change: Change, actor: str | None) -> None:
     )
 
 
-def locked_batch(batch_id: int) -> Batch:
+def locked_batch(batch_id: int, with_position: bool = True) -> Batch:
+    """The batch, its row locked. Without its position when the change has no use for it: a queued
+    batch's position counts the ranks ahead of it (10 ms of a cancel at 100,000 queued)."""
     batch = None
     if storable_id(batch_id):
         # populate_existing: the row as locked, not as this session may have seen it before.
         locked = select(Batch).where(Batch.id == batch_id).with_for_update().execution_options(populate_existing=True)
+        if not with_position:
+            locked = locked.options(defer(Batch.queue_position))
         batch = db.session.scalar(locked)
     if batch is None:
         raise NotFound(f"batch {batch_id} does not exist")
