@@ -84,7 +84,7 @@ def _stream(
                 yield ": heartbeat\n\n"
                 continue
             yield _event(hint)  # the first hint after a quiet spell goes at once
-            while True:  # then at most one write per `burst_seconds` while hints keep coming
+            while time.monotonic() < deadline:  # then one write per `burst_seconds` while hints keep coming
                 if live_hub.closing.wait(burst_seconds):  # the process is stopping
                     return
                 burst, closed = mailbox.take_all()

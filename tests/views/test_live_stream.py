@@ -214,3 +214,30 @@ def test_while_hints_keep_coming_a_stream_writes_once_per_window() -> None:
     assert len(chunks) == 4  # retry, then one write per window that had hints
     # Every write after the first followed a window; a window without hints ended the run of windows.
     assert calls == ["get", "wait 0.2", "take", "wait 0.2", "take", "wait 0.2", "take", "get"]
+
+
+def test_a_stream_whose_hints_never_stop_still_ends_at_its_lifetime() -> None:
+    """The page reconnects at once; a stream kept busy must not outlive LIVE_STREAM_SECONDS."""
+    import threading
+
+    from app.live.streams import _stream
+
+    class BusyHub:
+        closing = threading.Event()  # never set: its waits are the real windows
+
+        def current_event_id(self) -> int:
+            return 0
+
+        def close(self, mailbox: Any) -> None:
+            pass
+
+    class EndlessMailbox:
+        def get(self, timeout: float) -> dict[str, Any]:
+            return {"id": 1, "kind": "item", "batch_id": 3}
+
+        def take_all(self) -> tuple[list[dict[str, Any]], bool]:
+            return [{"id": 2, "kind": "item", "batch_id": 3}], False
+
+    stream = _stream(BusyHub(), EndlessMailbox(), None, heartbeat=5.0, lifetime=0.3, burst_seconds=0.02)  # type: ignore[arg-type]
+    for chunks, _ in enumerate(stream, start=1):
+        assert chunks < 500, "the stream went on past its lifetime"
